@@ -1,0 +1,143 @@
+"""`multiarch`: one-off builds through the same Prefect flow, and the local playground.
+
+`multiarch build` validates its arguments before anything starts (a bad platform costs no
+Prefect start-up), then runs the `build-multiarch-image` flow. Exit status 0 on success;
+otherwise one line on stderr saying what failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from multiarch.errors import MultiarchError
+from multiarch.request import BuildRequest, RunnerOptions, describe_validation_error
+
+DEFAULT_STATE_DIR = ".local"
+
+
+def key_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form KEY=VALUE")
+    return name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="multiarch", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="build and publish a multi-arch image")
+    build.add_argument("--image", required=True, help="registry/repository[:tag] to push")
+    build.add_argument("--tag", dest="tags", action="append", default=[], help="extra tag")
+    build.add_argument("--platform", dest="platforms", action="append", required=True,
+                       help="os/arch[/variant]; repeat for each platform")
+    build.add_argument("--context", required=True, help="local directory or git URL")
+    build.add_argument("--git-ref", help="branch, tag or commit of a git context")
+    build.add_argument("--file", dest="containerfile",
+                       help="Containerfile path, relative to the context")
+    build.add_argument("--build-arg", dest="build_args", action="append", type=key_value,
+                       default=[], metavar="K=V")
+    build.add_argument("--label", dest="labels", action="append", type=key_value, default=[],
+                       metavar="K=V")
+    build.add_argument("--target", help="build stage to stop at")
+    build.add_argument("--runner", choices=["local"], default="local")
+    build.add_argument("--allow-emulation", action="store_true",
+                       help="build foreign architectures under QEMU")
+    build.add_argument("--insecure-registry", action="store_true",
+                       help="allow plain HTTP / unverified TLS registries")
+    build.add_argument("--work-dir", help="local scratch directory")
+    build.add_argument("--shared-dir", help="handoff directory for per-platform layouts")
+    build.add_argument("--timeout", dest="timeout_s", type=int, default=3600,
+                       help="seconds allowed for one platform's build")
+    build.add_argument("--storage-driver", choices=["overlay", "vfs"], default="overlay")
+    build.add_argument("--keep-shared", action="store_true",
+                       help="keep the per-platform layouts after publishing")
+    build.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    local = commands.add_parser("local", help="the local registry, emulation and base image")
+    local.add_argument("action", choices=["up", "down", "status"])
+    local.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                       help="where the registry keeps data, logs and its pid")
+    local.add_argument("--port", type=int, default=5000)
+    local.add_argument("--rebuild-base", action="store_true",
+                       help="rebuild the busybox base image even if it exists")
+    return parser
+
+
+def request_from_args(args: argparse.Namespace) -> BuildRequest:
+    options = RunnerOptions(
+        kind=args.runner, work_dir=args.work_dir, shared_dir=args.shared_dir,
+        timeout_s=args.timeout_s, storage_driver=args.storage_driver,
+        keep_shared=args.keep_shared,
+    )
+    return BuildRequest(
+        image=args.image, tags=tuple(args.tags), platforms=tuple(args.platforms),
+        context=args.context, git_ref=args.git_ref, containerfile=args.containerfile,
+        build_args=dict(args.build_args), labels=dict(args.labels), target=args.target,
+        allow_emulation=args.allow_emulation, insecure_registry=args.insecure_registry,
+        runner=options,
+    )
+
+
+def run_build(args: argparse.Namespace) -> int:
+    request = request_from_args(args)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.build import build_multiarch_image  # Prefect loads only when a build runs
+
+    result = build_multiarch_image(
+        image=str(request.image), platforms=[str(p) for p in request.platforms],
+        context=request.context, tags=list(request.tags), git_ref=request.git_ref,
+        containerfile=request.containerfile, build_args=request.build_args,
+        labels=request.labels, target=request.target, allow_emulation=request.allow_emulation,
+        insecure_registry=request.insecure_registry, runner=request.runner,
+    )
+    if args.json:
+        print(json.dumps(result.model_dump(mode="json")))
+    else:
+        from multiarch.reporting import text_table
+
+        print(f"\npublished {result.image} tags: {', '.join(result.tags)}")
+        print(f"index digest: {result.index_digest}\n")
+        print(text_table(result))
+    return 0
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from multiarch.localenv import playground
+
+    state_dir = Path(args.state_dir).resolve()
+    if args.action == "up":
+        playground.up(state_dir=state_dir, port=args.port, rebuild_base=args.rebuild_base)
+    elif args.action == "down":
+        playground.down(state_dir=state_dir)
+    else:
+        print(playground.status(state_dir=state_dir, port=args.port))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "build":
+            return run_build(args)
+        return run_local(args)
+    except ValidationError as exc:
+        print(f"multiarch: invalid request: {describe_validation_error(exc)}", file=sys.stderr)
+    except MultiarchError as exc:
+        print(f"multiarch: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("multiarch: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""One small error hierarchy: permanent versus transient.
+
+Prefect retries a build task only when the exception is a `TransientError`; everything
+else fails the platform at once. Every message says what failed, why, and what to do.
+"""
+
+from __future__ import annotations
+
+
+class MultiarchError(Exception):
+    """Base class: a failure this project understands and can explain."""
+
+
+class PermanentError(MultiarchError):
+    """Retrying would fail the same way (bad input, a RUN step exiting non-zero)."""
+
+
+class TransientError(MultiarchError):
+    """The same work may succeed if tried again (network blips, evicted pods)."""
+
+
+class ConfigurationError(PermanentError):
+    """The request or the machine is not set up for what was asked; nothing was started."""
+
+
+class StepFailed(PermanentError):
+    """A plan step exited non-zero for a reason that will not go away by retrying."""
+
+    def __init__(self, message: str, *, step: str, exit_code: int | None, tail: list[str]) -> None:
+        super().__init__(message)
+        self.step = step
+        self.exit_code = exit_code
+        self.tail = tail
+
+
+class TransientStepFailure(TransientError):
+    """A plan step failed in a way that looks passing (registry 503, connection reset)."""
+
+    def __init__(self, message: str, *, step: str, exit_code: int | None, tail: list[str]) -> None:
+        super().__init__(message)
+        self.step = step
+        self.exit_code = exit_code
+        self.tail = tail
+
+
+class PublishError(PermanentError):
+    """The registry did not end up holding exactly what was computed."""

@@ -1,0 +1,123 @@
+"""Build steps as data: a pure function from (request, source, platform, paths) to argv lists.
+
+Keeping the plan as data lets every runner execute the same steps (subprocesses here,
+containers of a Kubernetes Job elsewhere) and lets tests compare whole argv lists. User
+values travel as separate argv elements, so `$(...)`, quotes, `;` or newlines in a build
+arg reach buildah verbatim: nothing here is ever parsed by a shell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from multiarch.platforms import Platform
+from multiarch.request import BuildRequest
+from multiarch.source import PinnedSource
+
+LAYOUT_REF = "image"  # the ref name of the one image in each per-platform OCI layout
+COMPRESSION = "gzip"  # what every runtime and registry accepts; compressed once, at export
+SOURCE_LABEL = "org.opencontainers.image.source"
+REVISION_LABEL = "org.opencontainers.image.revision"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    """One command: a name for logs and errors, its argv, and extra environment."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanPaths:
+    """Where a runner puts things; local paths for the local runner, mounts in a pod."""
+
+    checkout: str  # where a git source is fetched to (unused for local contexts)
+    storage_root: str  # container storage, on local disk (overlay fails over NFS)
+    storage_runroot: str
+    layout: str  # this platform's OCI image layout on the shared volume
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildPlan:
+    platform: Platform
+    steps: tuple[Step, ...]
+    image: str  # the local name buildah tags the result with
+    layout: str
+    layout_ref: str = LAYOUT_REF
+
+
+def plan_build(
+    request: BuildRequest, source: PinnedSource, platform: Platform, paths: PlanPaths,
+    *, run_id: str,
+) -> BuildPlan:
+    image = f"localhost/multiarch/{platform.slug}:{run_id}"
+    steps: list[Step] = []
+    if source.kind == "git":
+        steps += fetch_steps(source, checkout=paths.checkout)
+        context = paths.checkout
+    else:
+        context = source.location
+    steps.append(build_step(request, source, platform, paths, context=context, image=image))
+    steps.append(export_step(paths, image=image, driver=request.runner.storage_driver))
+    return BuildPlan(platform=platform, steps=tuple(steps), image=image, layout=paths.layout)
+
+
+def fetch_steps(source: PinnedSource, *, checkout: str) -> list[Step]:
+    """Clone without blobs, then check out the pinned commit: cheap and exact."""
+    assert source.revision, "a git source is pinned before planning"
+    return [
+        Step(name="fetch", argv=("git", "clone", "--quiet", "--no-checkout",
+                                 "--filter=blob:none", "--", source.location, checkout),
+             env={"GIT_TERMINAL_PROMPT": "0"}),
+        Step(name="checkout", argv=("git", "-C", checkout, "checkout", "--quiet", "--detach",
+                                    source.revision)),
+    ]
+
+
+def storage_flags(paths: PlanPaths, driver: str) -> tuple[str, ...]:
+    return ("--root", paths.storage_root, "--runroot", paths.storage_runroot,
+            "--storage-driver", driver)
+
+
+def build_step(
+    request: BuildRequest, source: PinnedSource, platform: Platform, paths: PlanPaths,
+    *, context: str, image: str,
+) -> Step:
+    argv: list[str] = ["buildah", *storage_flags(paths, request.runner.storage_driver), "build",
+                       "--isolation", "chroot", "--platform", str(platform)]
+    if request.insecure_registry:
+        argv.append("--tls-verify=false")
+    if request.containerfile:
+        argv += ["--file", f"{context.rstrip('/')}/{request.containerfile}"]
+    for name, value in request.build_args.items():
+        argv += ["--build-arg", f"{name}={value}"]
+    for key, value in provenance_labels(request, source).items():
+        argv += ["--label", f"{key}={value}"]
+    if request.target:
+        argv += ["--target", request.target]
+    argv += ["--tag", image, context]
+    return Step(name="build", argv=tuple(argv), env={"BUILDAH_ISOLATION": "chroot"})
+
+
+def provenance_labels(request: BuildRequest, source: PinnedSource) -> dict[str, str]:
+    """User labels, plus where the image came from unless the user said otherwise."""
+    labels = dict(request.labels)
+    if source.kind == "git":
+        labels.setdefault(SOURCE_LABEL, source.location)
+    if source.revision:
+        labels.setdefault(REVISION_LABEL, source.revision)
+    return labels
+
+
+def export_step(paths: PlanPaths, *, image: str, driver: str) -> Step:
+    """Copy the built image into an OCI layout, compressing each layer once.
+
+    A store remembers the driver it was made with, so the reference names it explicitly.
+    """
+    store = f"containers-storage:[{driver}@{paths.storage_root}+{paths.storage_runroot}]"
+    return Step(name="export", argv=("skopeo", "copy", "--dest-compress",
+                                     "--dest-compress-format", COMPRESSION,
+                                     f"{store}{image}", f"oci:{paths.layout}:{LAYOUT_REF}"))

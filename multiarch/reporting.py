@@ -1,0 +1,59 @@
+"""How a result reads: table rows and a markdown summary, shared by the CLI and artifacts."""
+
+from __future__ import annotations
+
+from multiarch.results import BuildResult
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def platform_rows(result: BuildResult) -> list[dict[str, str]]:
+    return [
+        {
+            "platform": str(p.platform),
+            "digest": p.digest,
+            "size": human_size(p.size),
+            "duration": f"{p.duration_s:.1f} s",
+            "build": "emulated (QEMU)" if p.emulated else "native",
+        }
+        for p in result.platforms
+    ]
+
+
+def markdown_summary(result: BuildResult) -> str:
+    lines = [
+        f"# Published `{result.image}`",
+        "",
+        f"- index digest: `{result.index_digest}`",
+        f"- tags: {', '.join(f'`{t}`' for t in result.tags)}",
+        f"- pull: `{result.pull_reference}`",
+        "",
+        "| platform | digest | size | duration | build |",
+        "|---|---|---|---|---|",
+    ]
+    for row in platform_rows(result):
+        lines.append(f"| {row['platform']} | `{row['digest']}` | {row['size']} | "
+                     f"{row['duration']} | {row['build']} |")
+    return "\n".join(lines) + "\n"
+
+
+def text_table(result: BuildResult) -> str:
+    rows = platform_rows(result)
+    headers = ["platform", "digest", "size", "duration", "build"]
+    widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in headers}
+    out = ["  ".join(h.ljust(widths[h]) for h in headers)]
+    out += ["  ".join(r[h].ljust(widths[h]) for h in headers) for r in rows]
+    return "\n".join(line.rstrip() for line in out)
+
+
+def artifact_key(result: BuildResult) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    cleaned = "".join(c if c.isalnum() else "-" for c in result.image.rsplit("/", 1)[-1].lower())
+    return cleaned.strip("-") or "image"

@@ -1,0 +1,181 @@
+"""The validated build request: everything a run needs, checked before any work starts.
+
+The CLI, the flow's parameters and (later) deployments all go through `BuildRequest`, so
+a bad platform or tag fails with the same message, naming the field, wherever it came from.
+Registry credentials are deliberately absent: they come from the registry auth file of
+the machine or pod that pushes, never from a parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from multiarch.platforms import Platform
+from multiarch.references import DEFAULT_TAG, ImageReference, check_tag
+
+GIT_URL_RE = re.compile(r"^(?:https?|ssh|git|file)://|^[\w.-]+@[\w.-]+:|\.git/?$")
+BUILD_ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def is_git_url(context: str) -> bool:
+    return bool(GIT_URL_RE.search(context))
+
+
+class RunnerOptions(BaseModel):
+    """How and where the per-platform steps run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["local"] = Field(
+        "local", description="Where builds run: `local` (subprocesses on this machine)."
+    )
+    work_dir: str | None = Field(
+        None,
+        description="Local scratch space (container storage, checkouts); "
+        "default $MULTIARCH_WORK_DIR or /var/tmp/multiarch.",
+    )
+    shared_dir: str | None = Field(
+        None,
+        description="Handoff directory for the per-platform OCI layouts; "
+        "default <work_dir>/shared.",
+    )
+    timeout_s: int = Field(3600, gt=0, description="Wall-clock limit for one platform's build.")
+    storage_driver: Literal["overlay", "vfs"] = Field(
+        "overlay", description="Container storage driver for the local build store."
+    )
+    keep_shared: bool = Field(
+        False, description="Keep the run's handoff directory after a successful publish."
+    )
+
+
+class BuildRequest(BaseModel):
+    """One multi-architecture build and publish."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    image: ImageReference = Field(description="Push target, registry/repository[:tag].")
+    tags: tuple[str, ...] = Field((), description="More tags for the same index.")
+    platforms: tuple[Platform, ...] = Field(
+        min_length=1, description="Target platforms, os/arch[/variant]."
+    )
+    context: str = Field(description="Build context: a local directory or a git URL.")
+    git_ref: str | None = Field(
+        None, description="Branch, tag or commit of a git context (default: HEAD)."
+    )
+    containerfile: str | None = Field(
+        None, description="Containerfile path relative to the context (default: buildah's)."
+    )
+    build_args: dict[str, str] = Field(default_factory=dict, description="--build-arg K=V.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Image labels.")
+    target: str | None = Field(None, description="Build stage to stop at.")
+    allow_emulation: bool = Field(
+        False, description="Allow QEMU emulation for platforms this host cannot run natively."
+    )
+    insecure_registry: bool = Field(
+        False, description="Skip TLS verification (plain HTTP allowed) for registries."
+    )
+    runner: RunnerOptions = Field(default_factory=RunnerOptions)
+
+    @field_validator("platforms")
+    @classmethod
+    def _unique_platforms(cls, value: tuple[Platform, ...]) -> tuple[Platform, ...]:
+        seen: set[str] = set()
+        for platform in value:
+            if str(platform) in seen:
+                raise ValueError(f"platform {platform} is listed twice")
+            seen.add(str(platform))
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for tag in value:
+            check_tag(tag)
+        return value
+
+    @field_validator("build_args")
+    @classmethod
+    def _valid_build_arg_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not BUILD_ARG_NAME_RE.match(name):
+                raise ValueError(
+                    f"build arg name {name!r} is invalid: use letters, digits and _ "
+                    "(the value may contain anything)"
+                )
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _valid_label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not key or any(c.isspace() for c in key) or "=" in key:
+                raise ValueError(f"label key {key!r} must be non-empty, without spaces or '='")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _valid_target(cls, value: str | None) -> str | None:
+        if value is not None and not STAGE_RE.match(value):
+            raise ValueError(f"target stage {value!r} is not a valid stage name")
+        return value
+
+    @field_validator("containerfile")
+    @classmethod
+    def _relative_containerfile(cls, value: str | None) -> str | None:
+        if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts):
+            raise ValueError(
+                f"containerfile {value!r} must be a path inside the context, relative to it"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_context(self) -> BuildRequest:
+        if self.is_git:
+            return self
+        if self.git_ref is not None:
+            raise ValueError(
+                "git_ref is set but context is a local directory: give a git URL as "
+                "context, or drop git_ref"
+            )
+        directory = Path(self.context)
+        if not directory.is_dir():
+            raise ValueError(
+                f"context {self.context!r} is neither an existing directory nor a git URL"
+            )
+        if self.containerfile and not (directory / self.containerfile).is_file():
+            raise ValueError(
+                f"containerfile {self.containerfile!r} does not exist in context {self.context!r}"
+            )
+        if not self.containerfile and not any(
+            (directory / name).is_file() for name in ("Containerfile", "Dockerfile")
+        ):
+            raise ValueError(
+                f"context {self.context!r} has no Containerfile or Dockerfile: add one or "
+                "set containerfile"
+            )
+        return self
+
+    @property
+    def is_git(self) -> bool:
+        return is_git_url(self.context)
+
+    @property
+    def all_tags(self) -> tuple[str, ...]:
+        """The image's own tag first, then the extra tags, without repeats."""
+        ordered = [self.image.tag or DEFAULT_TAG, *self.tags]
+        return tuple(dict.fromkeys(ordered))
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, each naming the field: `platforms.1: platform ... (fix)`."""
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "request"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{field}: {message}")
+    return "; ".join(lines)

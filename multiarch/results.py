@@ -1,0 +1,53 @@
+"""Typed, digest-pinned results: what a build hands to publish, and what a run returns."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from multiarch.platforms import Platform
+
+
+class PlatformImage(BaseModel):
+    """One platform's built image, sitting in an OCI layout on the shared volume."""
+
+    model_config = ConfigDict(frozen=True)
+
+    platform: Platform
+    digest: str  # manifest digest, preserved through publish
+    size: int  # compressed bytes: manifest + config + layers
+    emulated: bool
+    duration_s: float
+    layout: str  # directory of the OCI layout
+    layout_ref: str
+
+
+class PlatformSummary(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    platform: Platform
+    digest: str
+    size: int
+    emulated: bool
+    duration_s: float
+
+
+class BuildResult(BaseModel):
+    """What a successful run published: the index digest and where it lives."""
+
+    model_config = ConfigDict(frozen=True)
+
+    image: str  # registry/repository
+    index_digest: str
+    tags: list[str]
+    platforms: list[PlatformSummary]
+
+    @property
+    def pull_reference(self) -> str:
+        return f"{self.image}@{self.index_digest}"
+
+
+def summarise(image: PlatformImage) -> PlatformSummary:
+    return PlatformSummary(
+        platform=image.platform, digest=image.digest, size=image.size,
+        emulated=image.emulated, duration_s=round(image.duration_s, 2),
+    )

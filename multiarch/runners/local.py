@@ -1,0 +1,166 @@
+"""The local runner: execute a platform's plan with subprocesses on this machine.
+
+This is the newcomer's path (no cluster): the same plan the Kubernetes runner turns into
+a Job runs here step by step. Foreign architectures need QEMU user emulation, which must
+be asked for explicitly; their results are flagged `emulated` so nobody mistakes an
+emulated build's timings or behaviour for native ones.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from multiarch.emulation import emulation_status, host_architecture
+from multiarch.errors import ConfigurationError
+from multiarch.oci import read_layout_image
+from multiarch.plan import PlanPaths, plan_build
+from multiarch.platforms import Platform
+from multiarch.request import BuildRequest
+from multiarch.results import PlatformImage
+from multiarch.runners.processes import run_step
+from multiarch.source import PinnedSource
+
+DEFAULT_WORK_DIR = "/var/tmp/multiarch"  # noqa: S108 - a fixed, root-owned scratch root
+REQUIRED_TOOLS = ("buildah", "skopeo")
+
+
+class LineLogger(Protocol):
+    def info(self, msg: str, /) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunDirs:
+    """Where one run keeps its files on this machine."""
+
+    work: Path
+    shared: Path
+    run_id: str
+
+    @property
+    def run_shared(self) -> Path:
+        """The run's handoff directory: one OCI layout per platform, then the index."""
+        return self.shared / self.run_id
+
+    def platform_paths(self, platform: Platform) -> PlanPaths:
+        scratch = self.work / "builds" / self.run_id / platform.slug
+        return PlanPaths(
+            checkout=str(scratch / "src"),
+            storage_root=str(scratch / "storage" / "root"),
+            storage_runroot=str(scratch / "storage" / "runroot"),
+            layout=str(self.run_shared / platform.slug),
+        )
+
+    def scratch(self, platform: Platform) -> Path:
+        return self.work / "builds" / self.run_id / platform.slug
+
+
+def run_dirs(request: BuildRequest, run_id: str) -> RunDirs:
+    work = Path(request.runner.work_dir or os.environ.get("MULTIARCH_WORK_DIR", DEFAULT_WORK_DIR))
+    shared = Path(request.runner.shared_dir) if request.runner.shared_dir else work / "shared"
+    return RunDirs(work=work.resolve(), shared=shared.resolve(), run_id=run_id)
+
+
+def is_native(platform: Platform) -> bool:
+    return platform.architecture == host_architecture()
+
+
+def preflight(request: BuildRequest) -> list[str]:
+    """Check tools and emulation before any build starts; returns notes for the log."""
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if request.is_git and shutil.which("git") is None:
+        missing.append("git")
+    if missing:
+        raise ConfigurationError(
+            f"missing tools for the local runner: {', '.join(missing)}: install the Debian "
+            f"packages of the same names (make deps does)"
+        )
+    notes = []
+    host = host_architecture()
+    for platform in request.platforms:
+        if is_native(platform):
+            notes.append(f"{platform}: native on this {host} host")
+            continue
+        if not request.allow_emulation:
+            raise ConfigurationError(
+                f"platforms: {platform} cannot run natively on this {host} host: pass "
+                "--allow-emulation (allow_emulation=true) to build it under QEMU, or build it "
+                "on a native node with the kubernetes runner"
+            )
+        status = emulation_status(platform.architecture)
+        if not status.available:
+            raise ConfigurationError(f"platforms: {platform} needs QEMU emulation, but "
+                                     f"{status.reason}")
+        notes.append(f"{platform}: emulated with QEMU on this {host} host")
+    return notes
+
+
+def build_platform(
+    request: BuildRequest, source: PinnedSource, platform: Platform, *, dirs: RunDirs,
+    log: LineLogger,
+) -> PlatformImage:
+    """Run one platform's plan and return its image, read back from the layout."""
+    paths = dirs.platform_paths(platform)
+    plan = plan_build(request, source, platform, paths, run_id=dirs.run_id)
+    scratch = dirs.scratch(platform)
+    layout = Path(plan.layout)
+    _fresh_dir(scratch)
+    shutil.rmtree(layout, ignore_errors=True)  # a retry starts from an empty layout
+    layout.parent.mkdir(parents=True, exist_ok=True)
+    label = f"[{platform}]"
+    started = time.monotonic()
+    deadline = started + request.runner.timeout_s
+    try:
+        for step in plan.steps:
+            log.info(f"{label} step {step.name}: {' '.join(step.argv[:4])} ...")
+            run_step(step, emit=lambda line: log.info(f"{label} {line}"), deadline=deadline,
+                     label=label)
+    finally:
+        remove_scratch(scratch)
+    image = read_layout_image(layout, plan.layout_ref)
+    return PlatformImage(
+        platform=platform, digest=image.manifest_digest, size=image.total_size,
+        emulated=not is_native(platform), duration_s=time.monotonic() - started,
+        layout=str(layout), layout_ref=plan.layout_ref,
+    )
+
+
+def remove_run_shared(dirs: RunDirs) -> None:
+    """Drop the run's handoff directory once its index is published and verified."""
+    shutil.rmtree(dirs.run_shared, ignore_errors=True)
+    shutil.rmtree(dirs.work / "builds" / dirs.run_id, ignore_errors=True)
+
+
+def remove_scratch(path: Path) -> None:
+    """Delete a build's scratch space, first unmounting what container storage left there.
+
+    The overlay driver bind-mounts its own directory and skopeo leaves that mount behind;
+    removing the tree without unmounting would leak one mount per build.
+    """
+    for mount_point in mounts_under(path):
+        subprocess.run(["umount", "--lazy", mount_point], capture_output=True, check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def mounts_under(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> list[str]:
+    """Mount points at or below `path`, deepest first (mountinfo field 5, octal-escaped)."""
+    prefix = str(path).rstrip("/")
+    found = []
+    for line in mountinfo.read_text().splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = fields[4].encode().decode("unicode_escape")
+        if point == prefix or point.startswith(prefix + "/"):
+            found.append(point)
+    return sorted(found, key=len, reverse=True)
+
+
+def _fresh_dir(path: Path) -> None:
+    remove_scratch(path)
+    path.mkdir(parents=True)

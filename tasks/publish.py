@@ -1,0 +1,25 @@
+"""Publish the index once every platform has built."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from multiarch.publish import publish_images
+from multiarch.request import BuildRequest
+from multiarch.results import BuildResult, PlatformImage
+from multiarch.runners.local import RunDirs
+from multiarch.source import PinnedSource
+from tasks.retry import only_transient
+
+
+@task(name="publish", task_run_name="publish", retries=2,
+      retry_delay_seconds=10, retry_condition_fn=only_transient, cache_policy=NONE)
+def publish_task(request: BuildRequest, source: PinnedSource, images: list[PlatformImage],
+                 dirs: RunDirs) -> BuildResult:
+    logger = get_run_logger()
+    return publish_images(
+        images, image=request.image, tags=request.all_tags, source=source,
+        index_dir=dirs.run_shared / "index", insecure=request.insecure_registry,
+        emit=logger.info,
+    )
