@@ -135,27 +135,29 @@ class BuildRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check_context(self) -> BuildRequest:
+        """Cross-field checks; messages start with the field they concern."""
         if self.is_git:
             return self
         if self.git_ref is not None:
             raise ValueError(
-                "git_ref is set but context is a local directory: give a git URL as "
+                "git_ref: set, but context is a local directory: give a git URL as "
                 "context, or drop git_ref"
             )
         directory = Path(self.context)
         if not directory.is_dir():
             raise ValueError(
-                f"context {self.context!r} is neither an existing directory nor a git URL"
+                f"context: {self.context!r} is neither an existing directory nor a git URL"
             )
         if self.containerfile and not (directory / self.containerfile).is_file():
             raise ValueError(
-                f"containerfile {self.containerfile!r} does not exist in context {self.context!r}"
+                f"containerfile: {self.containerfile!r} does not exist in context "
+                f"{self.context!r}"
             )
         if not self.containerfile and not any(
             (directory / name).is_file() for name in ("Containerfile", "Dockerfile")
         ):
             raise ValueError(
-                f"context {self.context!r} has no Containerfile or Dockerfile: add one or "
+                f"context: {self.context!r} has no Containerfile or Dockerfile: add one or "
                 "set containerfile"
             )
         return self
@@ -172,10 +174,13 @@ class BuildRequest(BaseModel):
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """One line per problem, each naming the field: `platforms.1: platform ... (fix)`."""
+    """All problems on one line, each naming its field: `platforms.1: platform ... (fix)`.
+
+    Cross-field checks have no location of their own; their messages start with the field.
+    """
     lines = []
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "request"
         message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{field}: {message}")
+        field = ".".join(str(part) for part in item["loc"])
+        lines.append(f"{field}: {message}" if field else message)
     return "; ".join(lines)

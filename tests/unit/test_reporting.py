@@ -1,0 +1,118 @@
+"""Unit tests for how a result reads: sizes, the CLI table, the markdown summary, artifact keys."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from multiarch.platforms import Platform
+from multiarch.reporting import artifact_key, human_size, markdown_summary, text_table
+from multiarch.results import BuildResult, PlatformSummary
+
+AMD_DIGEST = "sha256:" + "a" * 64
+ARM_DIGEST = "sha256:" + "b" * 64
+INDEX_DIGEST = "sha256:" + "c" * 64
+
+
+def result(image: str = "127.0.0.1:5000/examples/hello") -> BuildResult:
+    return BuildResult(
+        image=image,
+        index_digest=INDEX_DIGEST,
+        tags=["1.0", "latest"],
+        platforms=[
+            PlatformSummary(
+                platform=Platform.parse("linux/amd64"),
+                digest=AMD_DIGEST,
+                size=1536,
+                emulated=False,
+                duration_s=12.34,
+            ),
+            PlatformSummary(
+                platform=Platform.parse("linux/arm/v7"),
+                digest=ARM_DIGEST,
+                size=5 * 1024 * 1024,
+                emulated=True,
+                duration_s=95.0,
+            ),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0 B"),
+        (1, "1 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (1024 * 1024 - 1, "1024.0 KiB"),
+        (5 * 1024 * 1024, "5.0 MiB"),
+        (3 * 1024**3, "3.0 GiB"),
+        (2048 * 1024**3, "2048.0 GiB"),
+    ],
+)
+def test_human_size(size: int, text: str) -> None:
+    assert human_size(size) == text
+
+
+def test_text_table() -> None:
+    lines = text_table(result()).splitlines()
+    assert len(lines) == 3
+    assert lines[0].split() == ["platform", "digest", "size", "duration", "build"]
+    amd, arm = lines[1], lines[2]
+    assert amd.split()[:2] == ["linux/amd64", AMD_DIGEST]
+    assert "1.5 KiB" in amd
+    assert "12.3 s" in amd
+    assert amd.endswith("native")
+    assert arm.split()[:2] == ["linux/arm/v7", ARM_DIGEST]
+    assert "5.0 MiB" in arm
+    assert "95.0 s" in arm
+    assert arm.endswith("emulated (QEMU)")
+    # Columns line up: every column starts at the same offset on every line.
+    for column in ("digest", "size", "duration", "build"):
+        start = lines[0].index(column)
+        assert amd[start - 2 : start] == "  " and amd[start] != " "
+        assert arm[start - 2 : start] == "  " and arm[start] != " "
+    assert all(line == line.rstrip() for line in lines)
+
+
+def test_markdown_summary() -> None:
+    summary = markdown_summary(result())
+    lines = summary.splitlines()
+    assert lines[0] == "# Published `127.0.0.1:5000/examples/hello`"
+    assert f"- index digest: `{INDEX_DIGEST}`" in lines
+    assert "- tags: `1.0`, `latest`" in lines
+    assert f"- pull: `127.0.0.1:5000/examples/hello@{INDEX_DIGEST}`" in lines
+    assert "| platform | digest | size | duration | build |" in lines
+    assert f"| linux/amd64 | `{AMD_DIGEST}` | 1.5 KiB | 12.3 s | native |" in lines
+    assert f"| linux/arm/v7 | `{ARM_DIGEST}` | 5.0 MiB | 95.0 s | emulated (QEMU) |" in lines
+    assert summary.endswith("|\n")
+
+
+@pytest.mark.parametrize(
+    ("image", "key"),
+    [
+        ("127.0.0.1:5000/examples/hello", "hello"),
+        ("registry.example.com/team/my_app.v2", "my-app-v2"),
+        ("localhost/a__b--c", "a--b--c"),
+        ("localhost:5000/app", "app"),
+    ],
+)
+def test_artifact_key(image: str, key: str) -> None:
+    produced = artifact_key(result(image))
+    assert produced == key
+    assert re.fullmatch(r"[a-z0-9-]+", produced)
+
+
+def test_artifact_key_never_empty() -> None:
+    assert artifact_key(result("localhost/...")) == "image"
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["registry.example.com/Team/App", "r.io/x_y.z-w", "r.io/a/B.C", "r.io/ap%p", "r.io/-x-"],
+)
+def test_artifact_key_charset(image: str) -> None:
+    assert re.fullmatch(r"[a-z0-9]+(?:-+[a-z0-9]+)*", artifact_key(result(image)))
