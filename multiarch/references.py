@@ -81,7 +81,7 @@ def parse_reference_fields(text: str) -> dict[str, str | None]:
     if not ("." in registry or ":" in registry or registry == "localhost"):
         raise ValueError(
             f"image {text!r} does not start with a registry host ({registry!r} looks like a "
-            "namespace): write e.g. docker.io/{text} or 127.0.0.1:5000/{text}"
+            f"namespace): write e.g. docker.io/{text} or 127.0.0.1:5000/{text}"
         )
     tag: str | None = None
     if ":" in rest:

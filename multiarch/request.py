@@ -17,12 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from multiarch.platforms import Platform
 from multiarch.references import DEFAULT_TAG, ImageReference, check_tag
 
-GIT_URL_RE = re.compile(r"^(?:https?|ssh|git|file)://|^[\w.-]+@[\w.-]+:|\.git/?$")
+GIT_URL_RE = re.compile(r"^(?:https?|ssh|git|file)://|^[\w.-]+@[\w.-]+:")
 BUILD_ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def is_git_url(context: str) -> bool:
+    """A URL git understands; a plain path is a local context even if it ends in .git."""
     return bool(GIT_URL_RE.search(context))
 
 

@@ -90,7 +90,7 @@ def run_step(step: Step, *, emit: Callable[[str], None], deadline: float,
             emit(line)
         exit_code = process.wait()
     except BaseException:
-        _kill_group(process.pid)
+        _kill_group(process.pid, leader=process)
         raise
     finally:
         watchdog.cancel()
@@ -125,10 +125,16 @@ def _expire(group: int, flag: threading.Event) -> None:
     _kill_group(group)
 
 
-def _kill_group(group: int) -> None:
-    """SIGTERM the group, then SIGKILL what is left after a grace period."""
+def _kill_group(group: int, *, leader: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM the group, then SIGKILL what is left after a grace period.
+
+    When we hold the leader, reap it: an unreaped zombie still counts as a live group.
+    """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, signal.SIGTERM)
+    if leader is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            leader.wait(timeout=KILL_GRACE_S)
     end = time.monotonic() + KILL_GRACE_S
     while time.monotonic() < end:
         try:

@@ -261,12 +261,6 @@ def test_cancellation_kills_the_whole_group(monkeypatch: pytest.MonkeyPatch) -> 
     assert processes.kill_all_steps() == 0
 
 
-@pytest.mark.xfail(
-    reason="BUG: processes.py run_step's except-BaseException path calls _kill_group without "
-    "reaping the child, so the zombie leader keeps killpg(group, 0) succeeding: every "
-    "cancellation waits the full KILL_GRACE_S and the leader stays a zombie",
-    strict=True,
-)
 def test_cancellation_returns_promptly_and_reaps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(processes, "KILL_GRACE_S", 3.0)
     lines: list[str] = []

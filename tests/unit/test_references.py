@@ -80,11 +80,6 @@ def test_longest_repository_is_accepted() -> None:
     assert ref("localhost/" + "a" * 255).repository == "a" * 255
 
 
-@pytest.mark.xfail(
-    reason="BUG: references.py parse_reference_fields: the 'looks like a namespace' hint is "
-    "not an f-string on its second line, so it prints a literal '{text}'",
-    strict=True,
-)
 def test_namespace_hint_spells_out_the_fix() -> None:
     with pytest.raises(ValidationError) as info:
         ref("team/app:1.0")

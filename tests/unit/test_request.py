@@ -194,8 +194,6 @@ def test_git_ref_with_local_context_is_rejected(context: Path) -> None:
         "file:///srv/git/app",
         "git@github.com:team/app.git",
         "git@github.com:team/app",
-        "/srv/git/app.git",
-        "/srv/git/app.git/",
     ],
 )
 def test_git_urls(url: str) -> None:
@@ -205,7 +203,9 @@ def test_git_urls(url: str) -> None:
     assert request.git_ref == "v1.2"
 
 
-@pytest.mark.parametrize("path", ["/srv/app", "./app", "app", "/srv/git-repos/app"])
+@pytest.mark.parametrize(
+    "path", ["/srv/app", "./app", "app", "/srv/git-repos/app", "/srv/app.git", "work/app.git/"]
+)
 def test_local_paths_are_not_git_urls(path: str) -> None:
     assert not is_git_url(path)
 
