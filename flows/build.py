@@ -41,8 +41,13 @@ def _kill_steps(*_: Any) -> None:
     kill_all_steps()
 
 
-@flow(name="build-multiarch-image", flow_run_name=run_name, log_prints=True,
-      on_cancellation=[_kill_steps], on_crashed=[_kill_steps])
+@flow(
+    name="build-multiarch-image",
+    flow_run_name=run_name,
+    log_prints=True,
+    on_cancellation=[_kill_steps],
+    on_crashed=[_kill_steps],
+)
 def build_multiarch_image(
     image: str,
     platforms: list[str],
@@ -60,9 +65,17 @@ def build_multiarch_image(
     """Build `image` for every platform in parallel and publish one multi-arch index."""
     logger = get_run_logger()
     request = validate_request(
-        image=image, platforms=platforms, context=context, tags=tags or [], git_ref=git_ref,
-        containerfile=containerfile, build_args=build_args or {}, labels=labels or {},
-        target=target, allow_emulation=allow_emulation, insecure_registry=insecure_registry,
+        image=image,
+        platforms=platforms,
+        context=context,
+        tags=tags or [],
+        git_ref=git_ref,
+        containerfile=containerfile,
+        build_args=build_args or {},
+        labels=labels or {},
+        target=target,
+        allow_emulation=allow_emulation,
+        insecure_registry=insecure_registry,
         runner=runner or RunnerOptions(),
     )
     for note in preflight(request):
@@ -70,16 +83,24 @@ def build_multiarch_image(
     source = pin_source_task(request)
     dirs = run_dirs(request, run_id=str(runtime.flow_run.id or "local").replace("-", ""))
     builds = build_platform_task.map(
-        request=unmapped(request), source=unmapped(source), platform=list(request.platforms),
+        request=unmapped(request),
+        source=unmapped(source),
+        platform=list(request.platforms),
         dirs=unmapped(dirs),
     )
     images = collect_images(list(builds))
     result = publish_task(request, source, images, dirs)
     key = artifact_key(result)
-    create_table_artifact(key=f"{key}-platforms", table=platform_rows(result),
-                          description=f"Platforms of {result.pull_reference}")
-    create_markdown_artifact(key=f"{key}-summary", markdown=markdown_summary(result),
-                             description=f"Published {result.image}")
+    create_table_artifact(
+        key=f"{key}-platforms",
+        table=platform_rows(result),
+        description=f"Platforms of {result.pull_reference}",
+    )
+    create_markdown_artifact(
+        key=f"{key}-summary",
+        markdown=markdown_summary(result),
+        description=f"Published {result.image}",
+    )
     if not request.runner.keep_shared:
         remove_run_shared(dirs)
     logger.info(f"published {result.pull_reference} as tags {', '.join(result.tags)}")
@@ -105,8 +126,9 @@ def collect_images(futures: list[PrefectFuture[PlatformImage]]) -> list[Platform
             images.append(future.result())
             continue
         reason = state.result(raise_on_failure=False)
-        failures.append(str(reason) if isinstance(reason, BaseException) else
-                        (state.message or state.name))
+        failures.append(
+            str(reason) if isinstance(reason, BaseException) else (state.message or state.name)
+        )
     if failures:
         raise PlatformsFailed(
             f"{len(failures)} of {len(futures)} platforms failed, nothing was published: "

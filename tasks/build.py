@@ -15,8 +15,15 @@ from tasks.retry import only_transient
 BUILD_RETRIES = 2
 
 
-@task(name="build", task_run_name="build {platform}", retries=BUILD_RETRIES,
-      retry_delay_seconds=10, retry_condition_fn=only_transient, cache_policy=NONE)
-def build_platform_task(request: BuildRequest, source: PinnedSource, platform: Platform,
-                        dirs: RunDirs) -> PlatformImage:
+@task(
+    name="build",
+    task_run_name="build {platform}",
+    retries=BUILD_RETRIES,
+    retry_delay_seconds=10,
+    retry_condition_fn=only_transient,
+    cache_policy=NONE,
+)
+def build_platform_task(
+    request: BuildRequest, source: PinnedSource, platform: Platform, dirs: RunDirs
+) -> PlatformImage:
     return build_platform(request, source, platform, dirs=dirs, log=get_run_logger())

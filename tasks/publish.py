@@ -13,13 +13,24 @@ from multiarch.source import PinnedSource
 from tasks.retry import only_transient
 
 
-@task(name="publish", task_run_name="publish", retries=2,
-      retry_delay_seconds=10, retry_condition_fn=only_transient, cache_policy=NONE)
-def publish_task(request: BuildRequest, source: PinnedSource, images: list[PlatformImage],
-                 dirs: RunDirs) -> BuildResult:
+@task(
+    name="publish",
+    task_run_name="publish",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=only_transient,
+    cache_policy=NONE,
+)
+def publish_task(
+    request: BuildRequest, source: PinnedSource, images: list[PlatformImage], dirs: RunDirs
+) -> BuildResult:
     logger = get_run_logger()
     return publish_images(
-        images, image=request.image, tags=request.all_tags, source=source,
-        index_dir=dirs.run_shared / "index", insecure=request.insecure_registry,
+        images,
+        image=request.image,
+        tags=request.all_tags,
+        source=source,
+        index_dir=dirs.run_shared / "index",
+        insecure=request.insecure_registry,
         emit=logger.info,
     )

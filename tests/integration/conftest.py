@@ -48,8 +48,7 @@ def playground(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Playground]
         ensure_emulation("arm64")
         log = logging.getLogger("tests.playground")
         ensure_base_image(registry.address, state_dir=state_dir, log=log)
-        yield Playground(registry=registry, base=base_image(registry.address),
-                         state_dir=state_dir)
+        yield Playground(registry=registry, base=base_image(registry.address), state_dir=state_dir)
     finally:
         stop_registry(state_dir=state_dir / "registry")
 
@@ -74,7 +73,9 @@ def work_dir(tmp_path: Path) -> Path:
 def skopeo_raw(reference: str) -> bytes:
     return subprocess.run(
         ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{reference}"],
-        check=True, capture_output=True, timeout=60,
+        check=True,
+        capture_output=True,
+        timeout=60,
     ).stdout
 
 
@@ -82,7 +83,9 @@ def tag_digest(reference: str) -> str | None:
     """The digest a tag resolves to now, or None if it does not exist."""
     done = subprocess.run(
         ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{reference}"],
-        capture_output=True, timeout=60, check=False,
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
     if done.returncode != 0:
         return None
@@ -95,9 +98,17 @@ def read_image_file(reference: str, path: str, *, scratch: Path) -> bytes:
     """A file's content in a pushed image, read from its layers (top layer wins)."""
     layout = scratch / "pulled"
     subprocess.run(
-        ["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{reference}",
-         f"oci:{layout}:pulled"],
-        check=True, capture_output=True, timeout=120,
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            f"docker://{reference}",
+            f"oci:{layout}:pulled",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     index = json.loads((layout / "index.json").read_text())
     manifest = _blob_json(layout, index["manifests"][0]["digest"])

@@ -18,19 +18,40 @@ def multiarch(*args: str, api_url: str | None = None) -> subprocess.CompletedPro
     env = dict(os.environ)
     if api_url:
         env["PREFECT_API_URL"] = api_url
-    return subprocess.run([sys.executable, "-m", "multiarch.cli", *args], capture_output=True,
-                          text=True, timeout=600, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "multiarch.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
 
 
-def test_build_prints_one_json_object_matching_the_registry(playground, prefect_server,
-                                                             tmp_path):
+def test_build_prints_one_json_object_matching_the_registry(playground, prefect_server, tmp_path):
     image = f"{playground.address}/tests/cli"
     done = multiarch(
-        "build", "--image", f"{image}:1.0", "--tag", "stable",
-        "--platform", "linux/amd64", "--platform", "linux/arm64",
-        "--context", str(EXAMPLE_HELLO), "--build-arg", f"BASE={playground.base}",
-        "--label", "org.example.team=platform", "--allow-emulation", "--insecure-registry",
-        "--work-dir", str(tmp_path), "--json", api_url=prefect_server,
+        "build",
+        "--image",
+        f"{image}:1.0",
+        "--tag",
+        "stable",
+        "--platform",
+        "linux/amd64",
+        "--platform",
+        "linux/arm64",
+        "--context",
+        str(EXAMPLE_HELLO),
+        "--build-arg",
+        f"BASE={playground.base}",
+        "--label",
+        "org.example.team=platform",
+        "--allow-emulation",
+        "--insecure-registry",
+        "--work-dir",
+        str(tmp_path),
+        "--json",
+        api_url=prefect_server,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
@@ -69,8 +90,16 @@ def test_bad_input_fails_at_once_naming_the_field(args, field, hint):
 
 def test_foreign_platform_without_emulation_fails_before_building(prefect_server, tmp_path):
     done = multiarch(
-        "build", "--image", "127.0.0.1:5000/tests/never:latest", "--platform", "linux/arm64",
-        "--context", str(EXAMPLE_HELLO), "--work-dir", str(tmp_path), api_url=prefect_server,
+        "build",
+        "--image",
+        "127.0.0.1:5000/tests/never:latest",
+        "--platform",
+        "linux/arm64",
+        "--context",
+        str(EXAMPLE_HELLO),
+        "--work-dir",
+        str(tmp_path),
+        api_url=prefect_server,
     )
     assert done.returncode != 0
     reasons = [line for line in done.stderr.splitlines() if line.startswith("multiarch: ")]

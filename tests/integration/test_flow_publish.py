@@ -37,7 +37,6 @@ def published(playground, prefect_server, tmp_path_factory):
 
 
 def test_tag_is_an_oci_index_with_amd64_and_arm64_v8(published, playground):
-    result, _, _ = published
     raw = skopeo_raw(f"{playground.address}/tests/hello:latest")
     index = json.loads(raw)
     assert index["mediaType"] == MEDIA_TYPE_INDEX
@@ -66,8 +65,11 @@ def test_each_platform_ran_its_run_step_on_its_architecture(published, playgroun
     for platform in result.platforms:
         scratch = tmp_path / platform.platform.slug
         scratch.mkdir()
-        content = read_image_file(f"{playground.address}/tests/hello@{platform.digest}",
-                                  "/etc/build-arch", scratch=scratch)
+        content = read_image_file(
+            f"{playground.address}/tests/hello@{platform.digest}",
+            "/etc/build-arch",
+            scratch=scratch,
+        )
         machines[str(platform.platform)] = content.decode().strip()
     assert machines == {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
     emulated = {str(p.platform): p.emulated for p in result.platforms}
@@ -77,8 +79,9 @@ def test_each_platform_ran_its_run_step_on_its_architecture(published, playgroun
 def test_build_args_with_shell_metacharacters_arrive_verbatim(published, playground, tmp_path):
     result, _, _ = published
     arm64 = next(p for p in result.platforms if p.platform.architecture == "arm64")
-    content = read_image_file(f"{playground.address}/tests/hello@{arm64.digest}",
-                              "/etc/greeting", scratch=tmp_path)
+    content = read_image_file(
+        f"{playground.address}/tests/hello@{arm64.digest}", "/etc/greeting", scratch=tmp_path
+    )
     assert content.decode() == TRICKY_GREETING + "\n"
 
 

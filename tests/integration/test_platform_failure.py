@@ -28,9 +28,14 @@ class _Quiet:
 def test_one_failing_platform_publishes_nothing(playground, prefect_server, tmp_path):
     image = f"{playground.address}/tests/partial:latest"
     old = build_and_publish(
-        BuildRequest(image=image, platforms=("linux/amd64",), context=str(EXAMPLE_HELLO),
-                     build_args={"BASE": playground.base}, insecure_registry=True,
-                     runner=RunnerOptions(work_dir=str(tmp_path / "old"))),
+        BuildRequest(
+            image=image,
+            platforms=("linux/amd64",),
+            context=str(EXAMPLE_HELLO),
+            build_args={"BASE": playground.base},
+            insecure_registry=True,
+            runner=RunnerOptions(work_dir=str(tmp_path / "old")),
+        ),
         log=_Quiet(),
     )
     assert tag_digest(image) == old.index_digest
@@ -41,9 +46,13 @@ def test_one_failing_platform_publishes_nothing(playground, prefect_server, tmp_
 
     with pytest.raises(PlatformsFailed) as failure:
         build_multiarch_image(
-            image=image, platforms=["linux/amd64", "linux/arm64"], context=str(context),
-            build_args={"BASE": playground.base}, allow_emulation=True,
-            insecure_registry=True, runner=RunnerOptions(work_dir=str(tmp_path / "work")),
+            image=image,
+            platforms=["linux/amd64", "linux/arm64"],
+            context=str(context),
+            build_args={"BASE": playground.base},
+            allow_emulation=True,
+            insecure_registry=True,
+            runner=RunnerOptions(work_dir=str(tmp_path / "work")),
         )
 
     message = str(failure.value)
@@ -59,9 +68,13 @@ def test_a_deterministic_failure_is_not_retried(playground, prefect_server, tmp_
     context.mkdir()
     (context / "Containerfile").write_text(FAILS_ON_ARM64)
     state = build_multiarch_image(
-        image=f"{playground.address}/tests/noretry:latest", platforms=["linux/arm64"],
-        context=str(context), build_args={"BASE": playground.base}, allow_emulation=True,
-        insecure_registry=True, runner=RunnerOptions(work_dir=str(tmp_path / "work")),
+        image=f"{playground.address}/tests/noretry:latest",
+        platforms=["linux/arm64"],
+        context=str(context),
+        build_args={"BASE": playground.base},
+        allow_emulation=True,
+        insecure_registry=True,
+        runner=RunnerOptions(work_dir=str(tmp_path / "work")),
         return_state=True,
     )
     assert state.is_failed()

@@ -20,13 +20,21 @@ PLATFORM = Platform.parse("linux/amd64")
 
 
 def _image() -> PlatformImage:
-    return PlatformImage(platform=PLATFORM, digest="sha256:" + "a" * 64, size=1, emulated=False,
-                         duration_s=0.1, layout="/nowhere", layout_ref="image")
+    return PlatformImage(
+        platform=PLATFORM,
+        digest="sha256:" + "a" * 64,
+        size=1,
+        emulated=False,
+        duration_s=0.1,
+        layout="/nowhere",
+        layout_ref="image",
+    )
 
 
 def _run_build_task(tmp_path) -> object:
-    request = BuildRequest(image="127.0.0.1:1/x/y:z", platforms=("linux/amd64",),
-                           context=str(EXAMPLE_HELLO))
+    request = BuildRequest(
+        image="127.0.0.1:1/x/y:z", platforms=("linux/amd64",), context=str(EXAMPLE_HELLO)
+    )
     source = PinnedSource(kind="local", location=str(EXAMPLE_HELLO))
     dirs = RunDirs(work=tmp_path, shared=tmp_path / "shared", run_id="r")
     quick = tasks.build.build_platform_task.with_options(retry_delay_seconds=0)
@@ -44,8 +52,12 @@ def test_transient_failure_is_retried_until_it_passes(prefect_server, tmp_path, 
     def flaky(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
-            raise TransientStepFailure("[linux/amd64]: step build exited with 125: 503 Service "
-                                       "Unavailable", step="build", exit_code=125, tail=[])
+            raise TransientStepFailure(
+                "[linux/amd64]: step build exited with 125: 503 Service Unavailable",
+                step="build",
+                exit_code=125,
+                tail=[],
+            )
         return _image()
 
     monkeypatch.setattr(tasks.build, "build_platform", flaky)
@@ -59,8 +71,12 @@ def test_permanent_failure_is_not_retried(prefect_server, tmp_path, monkeypatch)
 
     def broken(*args, **kwargs):
         calls.append(1)
-        raise StepFailed("[linux/amd64]: step build exited with 1: no such file", step="build",
-                         exit_code=1, tail=[])
+        raise StepFailed(
+            "[linux/amd64]: step build exited with 1: no such file",
+            step="build",
+            exit_code=1,
+            tail=[],
+        )
 
     monkeypatch.setattr(tasks.build, "build_platform", broken)
     state = _run_build_task(tmp_path)
@@ -73,8 +89,9 @@ def test_transient_failures_give_up_after_the_retry_budget(prefect_server, tmp_p
 
     def down(*args, **kwargs):
         calls.append(1)
-        raise TransientStepFailure("registry down: connection refused", step="build",
-                                   exit_code=125, tail=[])
+        raise TransientStepFailure(
+            "registry down: connection refused", step="build", exit_code=125, tail=[]
+        )
 
     monkeypatch.setattr(tasks.build, "build_platform", down)
     state = _run_build_task(tmp_path)
