@@ -36,52 +36,86 @@ def build_parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="build and publish a multi-arch image")
     build.add_argument("--image", required=True, help="registry/repository[:tag] to push")
     build.add_argument("--tag", dest="tags", action="append", default=[], help="extra tag")
-    build.add_argument("--platform", dest="platforms", action="append", required=True,
-                       help="os/arch[/variant]; repeat for each platform")
+    build.add_argument(
+        "--platform",
+        dest="platforms",
+        action="append",
+        required=True,
+        help="os/arch[/variant]; repeat for each platform",
+    )
     build.add_argument("--context", required=True, help="local directory or git URL")
     build.add_argument("--git-ref", help="branch, tag or commit of a git context")
-    build.add_argument("--file", dest="containerfile",
-                       help="Containerfile path, relative to the context")
-    build.add_argument("--build-arg", dest="build_args", action="append", type=key_value,
-                       default=[], metavar="K=V")
-    build.add_argument("--label", dest="labels", action="append", type=key_value, default=[],
-                       metavar="K=V")
+    build.add_argument(
+        "--file", dest="containerfile", help="Containerfile path, relative to the context"
+    )
+    build.add_argument(
+        "--build-arg", dest="build_args", action="append", type=key_value, default=[], metavar="K=V"
+    )
+    build.add_argument(
+        "--label", dest="labels", action="append", type=key_value, default=[], metavar="K=V"
+    )
     build.add_argument("--target", help="build stage to stop at")
     build.add_argument("--runner", choices=["local"], default="local")
-    build.add_argument("--allow-emulation", action="store_true",
-                       help="build foreign architectures under QEMU")
-    build.add_argument("--insecure-registry", action="store_true",
-                       help="allow plain HTTP / unverified TLS registries")
+    build.add_argument(
+        "--allow-emulation", action="store_true", help="build foreign architectures under QEMU"
+    )
+    build.add_argument(
+        "--insecure-registry",
+        action="store_true",
+        help="allow plain HTTP / unverified TLS registries",
+    )
     build.add_argument("--work-dir", help="local scratch directory")
     build.add_argument("--shared-dir", help="handoff directory for per-platform layouts")
-    build.add_argument("--timeout", dest="timeout_s", type=int, default=3600,
-                       help="seconds allowed for one platform's build")
+    build.add_argument(
+        "--timeout",
+        dest="timeout_s",
+        type=int,
+        default=3600,
+        help="seconds allowed for one platform's build",
+    )
     build.add_argument("--storage-driver", choices=["overlay", "vfs"], default="overlay")
-    build.add_argument("--keep-shared", action="store_true",
-                       help="keep the per-platform layouts after publishing")
+    build.add_argument(
+        "--keep-shared", action="store_true", help="keep the per-platform layouts after publishing"
+    )
     build.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     local = commands.add_parser("local", help="the local registry, emulation and base image")
     local.add_argument("action", choices=["up", "down", "status"])
-    local.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
-                       help="where the registry keeps data, logs and its pid")
+    local.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help="where the registry keeps data, logs and its pid",
+    )
     local.add_argument("--port", type=int, default=5000)
-    local.add_argument("--rebuild-base", action="store_true",
-                       help="rebuild the busybox base image even if it exists")
+    local.add_argument(
+        "--rebuild-base",
+        action="store_true",
+        help="rebuild the busybox base image even if it exists",
+    )
     return parser
 
 
 def request_from_args(args: argparse.Namespace) -> BuildRequest:
     options = RunnerOptions(
-        kind=args.runner, work_dir=args.work_dir, shared_dir=args.shared_dir,
-        timeout_s=args.timeout_s, storage_driver=args.storage_driver,
+        kind=args.runner,
+        work_dir=args.work_dir,
+        shared_dir=args.shared_dir,
+        timeout_s=args.timeout_s,
+        storage_driver=args.storage_driver,
         keep_shared=args.keep_shared,
     )
     return BuildRequest(
-        image=args.image, tags=tuple(args.tags), platforms=tuple(args.platforms),
-        context=args.context, git_ref=args.git_ref, containerfile=args.containerfile,
-        build_args=dict(args.build_args), labels=dict(args.labels), target=args.target,
-        allow_emulation=args.allow_emulation, insecure_registry=args.insecure_registry,
+        image=args.image,
+        tags=tuple(args.tags),
+        platforms=tuple(args.platforms),
+        context=args.context,
+        git_ref=args.git_ref,
+        containerfile=args.containerfile,
+        build_args=dict(args.build_args),
+        labels=dict(args.labels),
+        target=args.target,
+        allow_emulation=args.allow_emulation,
+        insecure_registry=args.insecure_registry,
         runner=options,
     )
 
@@ -93,11 +127,18 @@ def run_build(args: argparse.Namespace) -> int:
     from flows.build import build_multiarch_image  # Prefect loads only when a build runs
 
     result = build_multiarch_image(
-        image=str(request.image), platforms=[str(p) for p in request.platforms],
-        context=request.context, tags=list(request.tags), git_ref=request.git_ref,
-        containerfile=request.containerfile, build_args=request.build_args,
-        labels=request.labels, target=request.target, allow_emulation=request.allow_emulation,
-        insecure_registry=request.insecure_registry, runner=request.runner,
+        image=str(request.image),
+        platforms=[str(p) for p in request.platforms],
+        context=request.context,
+        tags=list(request.tags),
+        git_ref=request.git_ref,
+        containerfile=request.containerfile,
+        build_args=request.build_args,
+        labels=request.labels,
+        target=request.target,
+        allow_emulation=request.allow_emulation,
+        insecure_registry=request.insecure_registry,
+        runner=request.runner,
     )
     if args.json:
         print(json.dumps(result.model_dump(mode="json")))

@@ -59,8 +59,10 @@ def read_blob_json(layout: Path, digest: str) -> dict[str, Any]:
     path = blob_path(layout, digest)
     data = path.read_bytes()
     if sha256_digest(data) != digest:
-        raise PublishError(f"blob {digest} in {layout} does not match its digest: the layout "
-                           "is corrupt, rebuild this platform")
+        raise PublishError(
+            f"blob {digest} in {layout} does not match its digest: the layout "
+            "is corrupt, rebuild this platform"
+        )
     return json.loads(data)
 
 
@@ -70,8 +72,11 @@ def read_layout_image(layout: Path, ref_name: str) -> LayoutImage:
         index = json.loads((layout / "index.json").read_text())
     except FileNotFoundError as exc:
         raise PublishError(f"no OCI layout at {layout}: the export step did not run") from exc
-    entries = [m for m in index.get("manifests", [])
-               if m.get("annotations", {}).get(REF_NAME_ANNOTATION) == ref_name]
+    entries = [
+        m
+        for m in index.get("manifests", [])
+        if m.get("annotations", {}).get(REF_NAME_ANNOTATION) == ref_name
+    ]
     if len(entries) != 1:
         raise PublishError(f"layout {layout} has {len(entries)} images named {ref_name!r}, not 1")
     entry = entries[0]
@@ -122,7 +127,9 @@ def index_platform(image: LayoutImage, requested: Platform) -> dict[str, str]:
 
 
 def assemble_index(
-    images: Sequence[tuple[Platform, LayoutImage]], *, annotations: Mapping[str, str],
+    images: Sequence[tuple[Platform, LayoutImage]],
+    *,
+    annotations: Mapping[str, str],
 ) -> bytes:
     """Serialise the image index: entries in request order, compact JSON, stable bytes."""
     if not images:
@@ -133,14 +140,18 @@ def assemble_index(
         if str(requested) in seen:
             raise PublishError(f"platform {requested} appears twice in the index")
         seen.add(str(requested))
-        manifests.append({
-            "mediaType": image.media_type,
-            "digest": image.manifest_digest,
-            "size": image.manifest_size,
-            "platform": index_platform(image, requested),
-        })
+        manifests.append(
+            {
+                "mediaType": image.media_type,
+                "digest": image.manifest_digest,
+                "size": image.manifest_size,
+                "platform": index_platform(image, requested),
+            }
+        )
     index: dict[str, Any] = {
-        "schemaVersion": 2, "mediaType": MEDIA_TYPE_INDEX, "manifests": manifests,
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_INDEX,
+        "manifests": manifests,
     }
     if annotations:
         index["annotations"] = dict(sorted(annotations.items()))
@@ -148,7 +159,11 @@ def assemble_index(
 
 
 def write_index_layout(
-    destination: Path, index: bytes, images: Sequence[LayoutImage], *, ref_name: str,
+    destination: Path,
+    index: bytes,
+    images: Sequence[LayoutImage],
+    *,
+    ref_name: str,
 ) -> str:
     """Make an OCI layout holding the index and, by hard link, every platform's blobs.
 
@@ -163,10 +178,15 @@ def write_index_layout(
             _link(blob_path(image.layout, digest), blob_path(destination, digest))
     digest = sha256_digest(index)
     blob_path(destination, digest).write_bytes(index)
-    entry = {"mediaType": MEDIA_TYPE_INDEX, "digest": digest, "size": len(index),
-             "annotations": {REF_NAME_ANNOTATION: ref_name}}
+    entry = {
+        "mediaType": MEDIA_TYPE_INDEX,
+        "digest": digest,
+        "size": len(index),
+        "annotations": {REF_NAME_ANNOTATION: ref_name},
+    }
     (destination / "index.json").write_text(
-        json.dumps({"schemaVersion": 2, "manifests": [entry]}, separators=(",", ":")))
+        json.dumps({"schemaVersion": 2, "manifests": [entry]}, separators=(",", ":"))
+    )
     return digest
 
 

@@ -16,18 +16,26 @@ from multiarch.runners.local import LineLogger, build_platform, preflight, run_d
 from multiarch.source import pin_source
 
 
-def build_and_publish(request: BuildRequest, *, log: LineLogger,
-                      run_id: str | None = None) -> BuildResult:
+def build_and_publish(
+    request: BuildRequest, *, log: LineLogger, run_id: str | None = None
+) -> BuildResult:
     run_id = run_id or uuid.uuid4().hex
     for note in preflight(request):
         log.info(note)
     source = pin_source(request)
     dirs = run_dirs(request, run_id)
-    images = [build_platform(request, source, platform, dirs=dirs, log=log)
-              for platform in request.platforms]
+    images = [
+        build_platform(request, source, platform, dirs=dirs, log=log)
+        for platform in request.platforms
+    ]
     result = publish_images(
-        images, image=request.image, tags=request.all_tags, source=source,
-        index_dir=dirs.run_shared / "index", insecure=request.insecure_registry, emit=log.info,
+        images,
+        image=request.image,
+        tags=request.all_tags,
+        source=source,
+        index_dir=dirs.run_shared / "index",
+        insecure=request.insecure_registry,
+        emit=log.info,
     )
     if not request.runner.keep_shared:
         shutil.rmtree(dirs.run_shared, ignore_errors=True)

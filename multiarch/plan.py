@@ -50,8 +50,12 @@ class BuildPlan:
 
 
 def plan_build(
-    request: BuildRequest, source: PinnedSource, platform: Platform, paths: PlanPaths,
-    *, run_id: str,
+    request: BuildRequest,
+    source: PinnedSource,
+    platform: Platform,
+    paths: PlanPaths,
+    *,
+    run_id: str,
 ) -> BuildPlan:
     image = f"localhost/multiarch/{platform.slug}:{run_id}"
     steps: list[Step] = []
@@ -69,25 +73,56 @@ def fetch_steps(source: PinnedSource, *, checkout: str) -> list[Step]:
     """Clone without blobs, then check out the pinned commit: cheap and exact."""
     assert source.revision, "a git source is pinned before planning"
     return [
-        Step(name="fetch", argv=("git", "clone", "--quiet", "--no-checkout",
-                                 "--filter=blob:none", "--", source.location, checkout),
-             env={"GIT_TERMINAL_PROMPT": "0"}),
-        Step(name="checkout", argv=("git", "-C", checkout, "checkout", "--quiet", "--detach",
-                                    source.revision)),
+        Step(
+            name="fetch",
+            argv=(
+                "git",
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                "--filter=blob:none",
+                "--",
+                source.location,
+                checkout,
+            ),
+            env={"GIT_TERMINAL_PROMPT": "0"},
+        ),
+        Step(
+            name="checkout",
+            argv=("git", "-C", checkout, "checkout", "--quiet", "--detach", source.revision),
+        ),
     ]
 
 
 def storage_flags(paths: PlanPaths, driver: str) -> tuple[str, ...]:
-    return ("--root", paths.storage_root, "--runroot", paths.storage_runroot,
-            "--storage-driver", driver)
+    return (
+        "--root",
+        paths.storage_root,
+        "--runroot",
+        paths.storage_runroot,
+        "--storage-driver",
+        driver,
+    )
 
 
 def build_step(
-    request: BuildRequest, source: PinnedSource, platform: Platform, paths: PlanPaths,
-    *, context: str, image: str,
+    request: BuildRequest,
+    source: PinnedSource,
+    platform: Platform,
+    paths: PlanPaths,
+    *,
+    context: str,
+    image: str,
 ) -> Step:
-    argv: list[str] = ["buildah", *storage_flags(paths, request.runner.storage_driver), "build",
-                       "--isolation", "chroot", "--platform", str(platform)]
+    argv: list[str] = [
+        "buildah",
+        *storage_flags(paths, request.runner.storage_driver),
+        "build",
+        "--isolation",
+        "chroot",
+        "--platform",
+        str(platform),
+    ]
     if request.insecure_registry:
         argv.append("--tls-verify=false")
     if request.containerfile:
@@ -118,6 +153,15 @@ def export_step(paths: PlanPaths, *, image: str, driver: str) -> Step:
     A store remembers the driver it was made with, so the reference names it explicitly.
     """
     store = f"containers-storage:[{driver}@{paths.storage_root}+{paths.storage_runroot}]"
-    return Step(name="export", argv=("skopeo", "copy", "--dest-compress",
-                                     "--dest-compress-format", COMPRESSION,
-                                     f"{store}{image}", f"oci:{paths.layout}:{LAYOUT_REF}"))
+    return Step(
+        name="export",
+        argv=(
+            "skopeo",
+            "copy",
+            "--dest-compress",
+            "--dest-compress-format",
+            COMPRESSION,
+            f"{store}{image}",
+            f"oci:{paths.layout}:{LAYOUT_REF}",
+        ),
+    )

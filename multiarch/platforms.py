@@ -126,6 +126,4 @@ def _check_fields(os_name: str, arch: str, variant: str | None) -> None:
     allowed = ARCH_VARIANTS[arch]
     if variant is not None and variant not in allowed:
         hint = f"one of {', '.join(sorted(allowed))}" if allowed else "no variant"
-        raise ValueError(
-            f"platform variant {variant!r} is not valid for {arch}: use {hint}"
-        )
+        raise ValueError(f"platform variant {variant!r} is not valid for {arch}: use {hint}")

@@ -33,8 +33,14 @@ def index_annotations(source: PinnedSource, *, created: datetime) -> dict[str, s
 
 
 def publish_images(
-    images: Sequence[PlatformImage], *, image: ImageReference, tags: Sequence[str],
-    source: PinnedSource, index_dir: Path, insecure: bool, emit: Callable[[str], None],
+    images: Sequence[PlatformImage],
+    *,
+    image: ImageReference,
+    tags: Sequence[str],
+    source: PinnedSource,
+    index_dir: Path,
+    insecure: bool,
+    emit: Callable[[str], None],
     annotations: Mapping[str, str] | None = None,
 ) -> BuildResult:
     """Assemble, push and verify; returns the published result or raises PublishError."""
@@ -46,8 +52,10 @@ def publish_images(
     for built in images:
         layout_image = read_layout_image(Path(built.layout), built.layout_ref)
         if layout_image.manifest_digest != built.digest:
-            raise PublishError(f"layout of {built.platform} changed since its build "
-                               f"({layout_image.manifest_digest} != {built.digest})")
+            raise PublishError(
+                f"layout of {built.platform} changed since its build "
+                f"({layout_image.manifest_digest} != {built.digest})"
+            )
         found.append((built.platform, layout_image))
     merged = dict(index_annotations(source, created=datetime.now(UTC)))
     merged.update(annotations or {})
@@ -55,16 +63,33 @@ def publish_images(
     digest = write_index_layout(index_dir, index, [img for _, img in found], ref_name=INDEX_REF)
     target = RegistryTarget(name=image.name, insecure=insecure)
     emit(f"[publish] pushing {len(found)} platforms to {image.with_digest(digest)}")
-    push_layout(index_dir, INDEX_REF, destination=image.with_digest(digest), target=target,
-                emit=lambda line: emit(f"[publish] {line}"), label="[publish]")
+    push_layout(
+        index_dir,
+        INDEX_REF,
+        destination=image.with_digest(digest),
+        target=target,
+        emit=lambda line: emit(f"[publish] {line}"),
+        label="[publish]",
+    )
     expected = {str(p): img.manifest_digest for p, img in found}
     for tag in tags:
         emit(f"[publish] tagging {image.with_tag(tag)}")
-        push_layout(index_dir, INDEX_REF, destination=image.with_tag(tag), target=target,
-                    emit=lambda line: emit(f"[publish] {line}"), label="[publish]")
+        push_layout(
+            index_dir,
+            INDEX_REF,
+            destination=image.with_tag(tag),
+            target=target,
+            emit=lambda line: emit(f"[publish] {line}"),
+            label="[publish]",
+        )
     for tag in tags:
-        verify_tag(image.with_tag(tag), expected_digest=digest, expected_manifests=expected,
-                   target=target)
+        verify_tag(
+            image.with_tag(tag), expected_digest=digest, expected_manifests=expected, target=target
+        )
         emit(f"[publish] verified {image.with_tag(tag)} -> {digest}")
-    return BuildResult(image=image.name, index_digest=digest, tags=list(tags),
-                       platforms=[summarise(built) for built in images])
+    return BuildResult(
+        image=image.name,
+        index_digest=digest,
+        tags=list(tags),
+        platforms=[summarise(built) for built in images],
+    )

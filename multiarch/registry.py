@@ -34,20 +34,46 @@ class RegistryTarget:
         return [f"{option}=false"] if self.insecure else []
 
 
-def push_layout(layout: Path, ref_name: str, *, destination: str, target: RegistryTarget,
-                emit: Callable[[str], None], label: str) -> None:
+def push_layout(
+    layout: Path,
+    ref_name: str,
+    *,
+    destination: str,
+    target: RegistryTarget,
+    emit: Callable[[str], None],
+    label: str,
+) -> None:
     """Copy a layout's index with every image under it, digests preserved."""
-    argv = ("skopeo", "copy", "--all", "--preserve-digests", "--retry-times", RETRY_TIMES,
-            *target.tls_flag("--dest-tls-verify"), f"oci:{layout}:{ref_name}",
-            f"docker://{destination}")
-    run_step(Step(name="push", argv=argv), emit=emit,
-             deadline=time.monotonic() + PUSH_TIMEOUT_S, label=label)
+    argv = (
+        "skopeo",
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--retry-times",
+        RETRY_TIMES,
+        *target.tls_flag("--dest-tls-verify"),
+        f"oci:{layout}:{ref_name}",
+        f"docker://{destination}",
+    )
+    run_step(
+        Step(name="push", argv=argv),
+        emit=emit,
+        deadline=time.monotonic() + PUSH_TIMEOUT_S,
+        label=label,
+    )
 
 
 def fetch_manifest(reference: str, *, target: RegistryTarget) -> bytes | None:
     """The raw manifest bytes a reference resolves to, or None when it does not exist."""
-    argv = ["skopeo", "inspect", "--raw", "--retry-times", RETRY_TIMES,
-            *target.tls_flag("--tls-verify"), f"docker://{reference}"]
+    argv = [
+        "skopeo",
+        "inspect",
+        "--raw",
+        "--retry-times",
+        RETRY_TIMES,
+        *target.tls_flag("--tls-verify"),
+        f"docker://{reference}",
+    ]
     try:
         done = subprocess.run(argv, capture_output=True, timeout=INSPECT_TIMEOUT_S, check=False)
     except FileNotFoundError as exc:
@@ -68,8 +94,13 @@ def manifest_digest(raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-def verify_tag(reference: str, *, expected_digest: str, expected_manifests: dict[str, str],
-               target: RegistryTarget) -> dict[str, Any]:
+def verify_tag(
+    reference: str,
+    *,
+    expected_digest: str,
+    expected_manifests: dict[str, str],
+    target: RegistryTarget,
+) -> dict[str, Any]:
     """Check a tag serves exactly the computed index, with every platform's manifest.
 
     `expected_manifests` maps platform text (linux/arm64) to its manifest digest.

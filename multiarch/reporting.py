@@ -39,8 +39,10 @@ def markdown_summary(result: BuildResult) -> str:
         "|---|---|---|---|---|",
     ]
     for row in platform_rows(result):
-        lines.append(f"| {row['platform']} | `{row['digest']}` | {row['size']} | "
-                     f"{row['duration']} | {row['build']} |")
+        lines.append(
+            f"| {row['platform']} | `{row['digest']}` | {row['size']} | "
+            f"{row['duration']} | {row['build']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

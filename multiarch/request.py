@@ -151,8 +151,7 @@ class BuildRequest(BaseModel):
             )
         if self.containerfile and not (directory / self.containerfile).is_file():
             raise ValueError(
-                f"containerfile: {self.containerfile!r} does not exist in context "
-                f"{self.context!r}"
+                f"containerfile: {self.containerfile!r} does not exist in context {self.context!r}"
             )
         if not self.containerfile and not any(
             (directory / name).is_file() for name in ("Containerfile", "Dockerfile")

@@ -48,6 +48,9 @@ class BuildResult(BaseModel):
 
 def summarise(image: PlatformImage) -> PlatformSummary:
     return PlatformSummary(
-        platform=image.platform, digest=image.digest, size=image.size,
-        emulated=image.emulated, duration_s=round(image.duration_s, 2),
+        platform=image.platform,
+        digest=image.digest,
+        size=image.size,
+        emulated=image.emulated,
+        duration_s=round(image.duration_s, 2),
     )

@@ -19,8 +19,14 @@ from multiarch.request import BuildRequest
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 GIT_TIMEOUT_S = 120
-_TRANSIENT_GIT = ("could not resolve host", "connection timed out", "connection reset",
-                  "early eof", "the remote end hung up", "temporarily unavailable")
+_TRANSIENT_GIT = (
+    "could not resolve host",
+    "connection timed out",
+    "connection reset",
+    "early eof",
+    "the remote end hung up",
+    "temporarily unavailable",
+)
 
 
 class PinnedSource(BaseModel):
@@ -38,7 +44,9 @@ def pin_source(request: BuildRequest) -> PinnedSource:
     if request.is_git:
         ref = request.git_ref or "HEAD"
         return PinnedSource(
-            kind="git", location=request.context, ref=ref,
+            kind="git",
+            location=request.context,
+            ref=ref,
             revision=resolve_git_ref(request.context, ref),
         )
     directory = Path(request.context).resolve()
@@ -54,8 +62,13 @@ def resolve_git_ref(url: str, ref: str) -> str:
     for line in output.splitlines():
         sha, _, name = line.partition("\t")
         refs[name] = sha
-    for name in (f"{ref}^{{}}", f"refs/tags/{ref}^{{}}", ref, f"refs/heads/{ref}",
-                 f"refs/tags/{ref}"):
+    for name in (
+        f"{ref}^{{}}",
+        f"refs/tags/{ref}^{{}}",
+        ref,
+        f"refs/heads/{ref}",
+        f"refs/tags/{ref}",
+    ):
         if name in refs:
             return refs[name]
     raise ConfigurationError(
@@ -68,13 +81,19 @@ def local_revision(directory: Path) -> str | None:
     try:
         head = subprocess.run(
             ["git", "-C", str(directory), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
         if head.returncode != 0:
             return None
         status = subprocess.run(
             ["git", "-C", str(directory), "status", "--porcelain", "--", "."],
-            capture_output=True, text=True, timeout=30, check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -86,7 +105,11 @@ def local_revision(directory: Path) -> str | None:
 def _git(argv: list[str], *, what: str) -> str:
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=False,
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
+            check=False,
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
         )
     except FileNotFoundError as exc:

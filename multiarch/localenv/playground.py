@@ -52,19 +52,24 @@ def up(*, state_dir: Path, port: int = 5000, rebuild_base: bool = False) -> Loca
     return registry
 
 
-def ensure_base_image(address: str, *, state_dir: Path, rebuild: bool = False,
-                      log: logging.Logger) -> str:
+def ensure_base_image(
+    address: str, *, state_dir: Path, rebuild: bool = False, log: logging.Logger
+) -> str:
     """Push the busybox base image for amd64 and arm64 unless the registry already has it."""
     reference = base_image(address)
     target = RegistryTarget(name=f"{address}/{BASE_REPOSITORY}", insecure=True)
     if not rebuild and fetch_manifest(reference, target=target) is not None:
         log.info(f"base image: {reference} already present")
         return reference
-    context = prepare_busybox_context(dest=state_dir / "base-context",
-                                      cache_dir=state_dir / "debs", arches=PLAYGROUND_ARCHES)
+    context = prepare_busybox_context(
+        dest=state_dir / "base-context", cache_dir=state_dir / "debs", arches=PLAYGROUND_ARCHES
+    )
     request = BuildRequest(
-        image=reference, platforms=tuple(f"linux/{arch}" for arch in PLAYGROUND_ARCHES),
-        context=str(context), allow_emulation=True, insecure_registry=True,
+        image=reference,
+        platforms=tuple(f"linux/{arch}" for arch in PLAYGROUND_ARCHES),
+        context=str(context),
+        allow_emulation=True,
+        insecure_registry=True,
         runner=RunnerOptions(work_dir=str(state_dir / "work")),
     )
     result = build_and_publish(request, log=log)

@@ -94,14 +94,19 @@ def preflight(request: BuildRequest) -> list[str]:
             )
         status = emulation_status(platform.architecture)
         if not status.available:
-            raise ConfigurationError(f"platforms: {platform} needs QEMU emulation, but "
-                                     f"{status.reason}")
+            raise ConfigurationError(
+                f"platforms: {platform} needs QEMU emulation, but {status.reason}"
+            )
         notes.append(f"{platform}: emulated with QEMU on this {host} host")
     return notes
 
 
 def build_platform(
-    request: BuildRequest, source: PinnedSource, platform: Platform, *, dirs: RunDirs,
+    request: BuildRequest,
+    source: PinnedSource,
+    platform: Platform,
+    *,
+    dirs: RunDirs,
     log: LineLogger,
 ) -> PlatformImage:
     """Run one platform's plan and return its image, read back from the layout."""
@@ -118,15 +123,20 @@ def build_platform(
     try:
         for step in plan.steps:
             log.info(f"{label} step {step.name}: {' '.join(step.argv[:4])} ...")
-            run_step(step, emit=lambda line: log.info(f"{label} {line}"), deadline=deadline,
-                     label=label)
+            run_step(
+                step, emit=lambda line: log.info(f"{label} {line}"), deadline=deadline, label=label
+            )
     finally:
         remove_scratch(scratch)
     image = read_layout_image(layout, plan.layout_ref)
     return PlatformImage(
-        platform=platform, digest=image.manifest_digest, size=image.total_size,
-        emulated=not is_native(platform), duration_s=time.monotonic() - started,
-        layout=str(layout), layout_ref=plan.layout_ref,
+        platform=platform,
+        digest=image.manifest_digest,
+        size=image.total_size,
+        emulated=not is_native(platform),
+        duration_s=time.monotonic() - started,
+        layout=str(layout),
+        layout_ref=plan.layout_ref,
     )
 
 

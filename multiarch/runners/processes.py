@@ -25,9 +25,17 @@ TAIL_LINES = 20
 KILL_GRACE_S = 5.0
 # Output that marks a failure as passing: the registry or network, not the Containerfile.
 TRANSIENT_MARKERS = (
-    "connection reset by peer", "connection refused", "i/o timeout", "tls handshake timeout",
-    "502 bad gateway", "503 service unavailable", "504 gateway timeout", "toomanyrequests",
-    "too many requests", "temporary failure in name resolution", "unexpected eof",
+    "connection reset by peer",
+    "connection refused",
+    "i/o timeout",
+    "tls handshake timeout",
+    "502 bad gateway",
+    "503 service unavailable",
+    "504 gateway timeout",
+    "toomanyrequests",
+    "too many requests",
+    "temporary failure in name resolution",
+    "unexpected eof",
     "no space left on device",
 )
 
@@ -54,8 +62,9 @@ def kill_all_steps() -> int:
 atexit.register(kill_all_steps)
 
 
-def run_step(step: Step, *, emit: Callable[[str], None], deadline: float,
-             label: str) -> StepOutcome:
+def run_step(
+    step: Step, *, emit: Callable[[str], None], deadline: float, label: str
+) -> StepOutcome:
     """Run a step, passing each output line to `emit` as it arrives.
 
     Raises StepFailed (deterministic), TransientStepFailure (looks passing) or, when the
@@ -64,12 +73,20 @@ def run_step(step: Step, *, emit: Callable[[str], None], deadline: float,
     started = time.monotonic()
     remaining = deadline - started
     if remaining <= 0:
-        raise StepFailed(f"{label}: no time left before step {step.name}", step=step.name,
-                         exit_code=None, tail=[])
+        raise StepFailed(
+            f"{label}: no time left before step {step.name}",
+            step=step.name,
+            exit_code=None,
+            tail=[],
+        )
     try:
         process = subprocess.Popen(
-            list(step.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env={**os.environ, **step.env}, start_new_session=True,
+            list(step.argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **step.env},
+            start_new_session=True,
         )
     except FileNotFoundError as exc:
         raise ConfigurationError(
@@ -99,7 +116,9 @@ def run_step(step: Step, *, emit: Callable[[str], None], deadline: float,
     if timed_out.is_set():
         raise StepFailed(
             f"{label}: step {step.name} timed out (the build's time limit ran out): raise "
-            "timeout_s or make the build faster", step=step.name, exit_code=exit_code,
+            "timeout_s or make the build faster",
+            step=step.name,
+            exit_code=exit_code,
             tail=list(tail),
         )
     if exit_code != 0:
@@ -107,14 +126,16 @@ def run_step(step: Step, *, emit: Callable[[str], None], deadline: float,
     return StepOutcome(name=step.name, exit_code=0, duration_s=time.monotonic() - started)
 
 
-def classify_failure(step: str, exit_code: int, tail: list[str], *,
-                     label: str) -> StepFailed | TransientStepFailure:
+def classify_failure(
+    step: str, exit_code: int, tail: list[str], *, label: str
+) -> StepFailed | TransientStepFailure:
     last = next((line for line in reversed(tail) if line.strip()), "no output")
     message = f"{label}: step {step} exited with {exit_code}: {last.strip()}"
     text = "\n".join(tail).lower()
     if exit_code < 0 and -exit_code == signal.SIGKILL:
-        return TransientStepFailure(message + " (killed: out of memory?)", step=step,
-                                    exit_code=exit_code, tail=tail)
+        return TransientStepFailure(
+            message + " (killed: out of memory?)", step=step, exit_code=exit_code, tail=tail
+        )
     if any(marker in text for marker in TRANSIENT_MARKERS):
         return TransientStepFailure(message, step=step, exit_code=exit_code, tail=tail)
     return StepFailed(message, step=step, exit_code=exit_code, tail=tail)

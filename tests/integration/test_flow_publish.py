@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,10 @@ def test_shared_run_directory_is_removed_after_publish(published):
     shared = work / "shared"
     assert not (shared / flow_run_id.hex).exists()
     assert not (work / "builds" / flow_run_id.hex).exists()
+
+
+def test_no_mount_or_scratch_storage_is_left_behind(published):
+    _, _, work = published
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(work) not in mounts
+    assert list((work / "builds").iterdir()) == []
