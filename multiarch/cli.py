@@ -126,20 +126,7 @@ def run_build(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.build import build_multiarch_image  # Prefect loads only when a build runs
 
-    result = build_multiarch_image(
-        image=str(request.image),
-        platforms=[str(p) for p in request.platforms],
-        context=request.context,
-        tags=list(request.tags),
-        git_ref=request.git_ref,
-        containerfile=request.containerfile,
-        build_args=request.build_args,
-        labels=request.labels,
-        target=request.target,
-        allow_emulation=request.allow_emulation,
-        insecure_registry=request.insecure_registry,
-        runner=request.runner,
-    )
+    result = build_multiarch_image(**request.model_dump(mode="json"))
     if args.json:
         print(json.dumps(result.model_dump(mode="json")))
     else:

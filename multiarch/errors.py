@@ -23,8 +23,8 @@ class ConfigurationError(PermanentError):
     """The request or the machine is not set up for what was asked; nothing was started."""
 
 
-class StepFailed(PermanentError):
-    """A plan step exited non-zero for a reason that will not go away by retrying."""
+class StepFailure(MultiarchError):
+    """A plan step exited badly; carries the step, its exit code and its last lines."""
 
     def __init__(self, message: str, *, step: str, exit_code: int | None, tail: list[str]) -> None:
         super().__init__(message)
@@ -33,14 +33,12 @@ class StepFailed(PermanentError):
         self.tail = tail
 
 
-class TransientStepFailure(TransientError):
-    """A plan step failed in a way that looks passing (registry 503, connection reset)."""
+class StepFailed(StepFailure, PermanentError):
+    """A step failed for a reason that will not go away by retrying (a RUN exiting 1)."""
 
-    def __init__(self, message: str, *, step: str, exit_code: int | None, tail: list[str]) -> None:
-        super().__init__(message)
-        self.step = step
-        self.exit_code = exit_code
-        self.tail = tail
+
+class TransientStepFailure(StepFailure, TransientError):
+    """A step failed in a way that looks passing (registry 503, connection reset)."""
 
 
 class PublishError(PermanentError):

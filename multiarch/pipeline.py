@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import uuid
 
-from multiarch.publish import publish_images
+from multiarch.publish import publish_request
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult
 from multiarch.runners.local import LineLogger, build_platform, preflight, run_dirs
@@ -28,14 +28,8 @@ def build_and_publish(
         build_platform(request, source, platform, dirs=dirs, log=log)
         for platform in request.platforms
     ]
-    result = publish_images(
-        images,
-        image=request.image,
-        tags=request.all_tags,
-        source=source,
-        index_dir=dirs.run_shared / "index",
-        insecure=request.insecure_registry,
-        emit=log.info,
+    result = publish_request(
+        request, source, images, index_dir=dirs.run_shared / "index", emit=log.info
     )
     if not request.runner.keep_shared:
         shutil.rmtree(dirs.run_shared, ignore_errors=True)

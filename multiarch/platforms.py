@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
+from multiarch.textvalue import TextValue
 
 SUPPORTED_OS = frozenset({"linux"})
 
@@ -45,30 +45,19 @@ DEFAULT_VARIANT: dict[str, str] = {"arm64": "v8", "arm": "v7"}
 _PART = re.compile(r"^[a-z0-9_-]+$")
 
 
-class Platform(BaseModel):
+class Platform(TextValue):
     """One target platform; written and read as the string `os/arch[/variant]`."""
-
-    model_config = ConfigDict(frozen=True)
 
     os: str
     architecture: str
     variant: str | None = None
 
-    @model_validator(mode="before")
     @classmethod
-    def _from_text(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return _parse_fields(value)
-        return value
+    def fields_from_text(cls, text: str) -> dict[str, Any]:
+        return _parse_fields(text)
 
-    @model_validator(mode="after")
-    def _check(self) -> Platform:
+    def check(self) -> None:
         _check_fields(self.os, self.architecture, self.variant)
-        return self
-
-    @model_serializer(mode="plain")
-    def _as_text(self) -> str:
-        return str(self)
 
     @classmethod
     def parse(cls, text: str) -> Platform:

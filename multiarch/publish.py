@@ -16,6 +16,7 @@ from multiarch.oci import assemble_index, read_layout_image, write_index_layout
 from multiarch.plan import REVISION_LABEL, SOURCE_LABEL
 from multiarch.references import ImageReference
 from multiarch.registry import RegistryTarget, push_layout, verify_tag
+from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage, summarise
 from multiarch.source import PinnedSource
 
@@ -30,6 +31,26 @@ def index_annotations(source: PinnedSource, *, created: datetime) -> dict[str, s
     if source.revision:
         annotations[REVISION_LABEL] = source.revision
     return annotations
+
+
+def publish_request(
+    request: BuildRequest,
+    source: PinnedSource,
+    images: Sequence[PlatformImage],
+    *,
+    index_dir: Path,
+    emit: Callable[[str], None],
+) -> BuildResult:
+    """Publish a request's images under all of its tags."""
+    return publish_images(
+        images,
+        image=request.image,
+        tags=request.all_tags,
+        source=source,
+        index_dir=index_dir,
+        insecure=request.insecure_registry,
+        emit=emit,
+    )
 
 
 def publish_images(
@@ -63,25 +84,17 @@ def publish_images(
     digest = write_index_layout(index_dir, index, [img for _, img in found], ref_name=INDEX_REF)
     target = RegistryTarget(name=image.name, insecure=insecure)
     emit(f"[publish] pushing {len(found)} platforms to {image.with_digest(digest)}")
-    push_layout(
-        index_dir,
-        INDEX_REF,
-        destination=image.with_digest(digest),
-        target=target,
-        emit=lambda line: emit(f"[publish] {line}"),
-        label="[publish]",
-    )
-    expected = {str(p): img.manifest_digest for p, img in found}
-    for tag in tags:
-        emit(f"[publish] tagging {image.with_tag(tag)}")
+    # By digest first (nothing visible moves), then one tag after another.
+    for destination in [image.with_digest(digest), *map(image.with_tag, tags)]:
         push_layout(
             index_dir,
             INDEX_REF,
-            destination=image.with_tag(tag),
+            destination=destination,
             target=target,
             emit=lambda line: emit(f"[publish] {line}"),
             label="[publish]",
         )
+    expected = {str(p): img.manifest_digest for p, img in found}
     for tag in tags:
         verify_tag(
             image.with_tag(tag), expected_digest=digest, expected_manifests=expected, target=target

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
+from multiarch.textvalue import TextValue
 
 # distribution/reference: path components, tag, and a registry host with optional port.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
@@ -22,33 +22,22 @@ REGISTRY_RE = re.compile(rf"^(?:{_HOST}|\[[0-9A-Fa-f:]+\])(?::[0-9]{{1,5}})?$")
 DEFAULT_TAG = "latest"
 
 
-class ImageReference(BaseModel):
+class ImageReference(TextValue):
     """Where the multi-arch index goes; written and read as `registry/repo[:tag]`."""
-
-    model_config = ConfigDict(frozen=True)
 
     registry: str
     repository: str
     tag: str | None = None
 
-    @model_validator(mode="before")
     @classmethod
-    def _from_text(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return parse_reference_fields(value)
-        return value
+    def fields_from_text(cls, text: str) -> dict[str, Any]:
+        return parse_reference_fields(text)
 
-    @model_validator(mode="after")
-    def _check(self) -> ImageReference:
+    def check(self) -> None:
         check_registry(self.registry)
         check_repository(self.repository)
         if self.tag is not None:
             check_tag(self.tag)
-        return self
-
-    @model_serializer(mode="plain")
-    def _as_text(self) -> str:
-        return str(self)
 
     def __str__(self) -> str:
         return f"{self.name}:{self.tag}" if self.tag else self.name

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from multiarch.publish import publish_images
+from multiarch.publish import publish_request
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
 from multiarch.runners.local import RunDirs
@@ -24,13 +24,6 @@ from tasks.retry import only_transient
 def publish_task(
     request: BuildRequest, source: PinnedSource, images: list[PlatformImage], dirs: RunDirs
 ) -> BuildResult:
-    logger = get_run_logger()
-    return publish_images(
-        images,
-        image=request.image,
-        tags=request.all_tags,
-        source=source,
-        index_dir=dirs.run_shared / "index",
-        insecure=request.insecure_registry,
-        emit=logger.info,
+    return publish_request(
+        request, source, images, index_dir=dirs.run_shared / "index", emit=get_run_logger().info
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -44,3 +45,12 @@ def artifact_data(flow_run_id: UUID) -> list[str]:
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
     return [str(a.data) for a in artifacts]
+
+
+def task_run_windows(flow_run_id: UUID) -> dict[str, tuple[datetime, datetime]]:
+    """Task run name -> (start, end) as the server recorded them."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {run.name: (run.start_time, run.end_time) for run in runs}

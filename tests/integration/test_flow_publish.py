@@ -11,7 +11,12 @@ from flows.build import build_multiarch_image
 from multiarch.oci import MEDIA_TYPE_INDEX
 from multiarch.request import RunnerOptions
 from tests.integration.conftest import EXAMPLE_HELLO, read_image_file, skopeo_raw, tag_digest
-from tests.integration.prefect_queries import artifact_data, artifact_types, task_runs
+from tests.integration.prefect_queries import (
+    artifact_data,
+    artifact_types,
+    task_run_windows,
+    task_runs,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +116,11 @@ def test_no_mount_or_scratch_storage_is_left_behind(published):
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(work) not in mounts
     assert list((work / "builds").iterdir()) == []
+
+
+def test_platforms_build_at_the_same_time_and_publish_after_both(published):
+    _, flow_run_id, _ = published
+    windows = task_run_windows(flow_run_id)
+    amd64, arm64 = windows["build linux/amd64"], windows["build linux/arm64"]
+    assert amd64[0] < arm64[1] and arm64[0] < amd64[1], f"builds ran one after the other: {windows}"
+    assert windows["publish"][0] >= max(amd64[1], arm64[1])

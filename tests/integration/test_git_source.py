@@ -22,10 +22,21 @@ RUN uname -m > /etc/build-arch
 
 
 def git(*args: str, cwd) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
-                          env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-                               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
-                               "PATH": "/usr/bin:/bin", "HOME": str(cwd)}).stdout.strip()
+    return subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.com",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.com",
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(cwd),
+        },
+    ).stdout.strip()
 
 
 def test_git_branch_is_pinned_and_built_with_its_revision(playground, prefect_server, tmp_path):
@@ -43,9 +54,13 @@ def test_git_branch_is_pinned_and_built_with_its_revision(playground, prefect_se
 
     image = f"{playground.address}/tests/fromgit"
     result = build_multiarch_image(
-        image=f"{image}:release", platforms=["linux/amd64", "linux/arm64"],
-        context=f"file://{repo}", git_ref="release", build_args={"BASE": playground.base},
-        allow_emulation=True, insecure_registry=True,
+        image=f"{image}:release",
+        platforms=["linux/amd64", "linux/arm64"],
+        context=f"file://{repo}",
+        git_ref="release",
+        build_args={"BASE": playground.base},
+        allow_emulation=True,
+        insecure_registry=True,
         runner=RunnerOptions(work_dir=str(tmp_path / "work")),
     )
 
@@ -57,9 +72,20 @@ def test_git_branch_is_pinned_and_built_with_its_revision(playground, prefect_se
         scratch.mkdir()
         message = read_image_file(f"{image}@{platform.digest}", "/message", scratch=scratch)
         assert message == b"from the release branch\n"
-        config = json.loads(subprocess.run(
-            ["skopeo", "inspect", "--config", "--raw", "--tls-verify=false",
-             f"docker://{image}@{platform.digest}"], check=True, capture_output=True).stdout)
+        config = json.loads(
+            subprocess.run(
+                [
+                    "skopeo",
+                    "inspect",
+                    "--config",
+                    "--raw",
+                    "--tls-verify=false",
+                    f"docker://{image}@{platform.digest}",
+                ],
+                check=True,
+                capture_output=True,
+            ).stdout
+        )
         labels = config["config"]["Labels"]
         assert labels["org.opencontainers.image.revision"] == release_commit
 
@@ -72,9 +98,13 @@ def test_unknown_git_ref_fails_before_any_build(playground, prefect_server, tmp_
     git("add", ".", cwd=repo)
     git("commit", "--quiet", "-m", "one", cwd=repo)
     state = build_multiarch_image(
-        image=f"{playground.address}/tests/nogit:latest", platforms=["linux/amd64"],
-        context=f"file://{repo}", git_ref="no-such-branch", insecure_registry=True,
-        runner=RunnerOptions(work_dir=str(tmp_path / "work")), return_state=True,
+        image=f"{playground.address}/tests/nogit:latest",
+        platforms=["linux/amd64"],
+        context=f"file://{repo}",
+        git_ref="no-such-branch",
+        insecure_registry=True,
+        runner=RunnerOptions(work_dir=str(tmp_path / "work")),
+        return_state=True,
     )
     assert state.is_failed()
     assert "git_ref 'no-such-branch' was not found" in state.message
