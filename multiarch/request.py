@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from multiarch.kube_options import KubernetesOptions
 from multiarch.platforms import Platform
 from multiarch.references import DEFAULT_TAG, ImageReference, check_tag
 
@@ -32,8 +33,10 @@ class RunnerOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["local"] = Field(
-        "local", description="Where builds run: `local` (subprocesses on this machine)."
+    kind: Literal["local", "kubernetes"] = Field(
+        "local",
+        description="Where builds run: `local` (subprocesses on this machine) or "
+        "`kubernetes` (one Job per platform on a node of that architecture).",
     )
     work_dir: str | None = Field(
         None,
@@ -51,6 +54,9 @@ class RunnerOptions(BaseModel):
     )
     keep_shared: bool = Field(
         False, description="Keep the run's handoff directory after a successful publish."
+    )
+    kubernetes: KubernetesOptions = Field(
+        default_factory=KubernetesOptions, description="Options of the kubernetes runner."
     )
 
 
@@ -139,6 +145,11 @@ class BuildRequest(BaseModel):
         """Cross-field checks; messages start with the field they concern."""
         if self.is_git:
             return self
+        if self.runner.kind == "kubernetes":
+            raise ValueError(
+                f"context: {self.context!r} is a local directory, which pods on other nodes "
+                "cannot see: the kubernetes runner builds from a git URL"
+            )
         if self.git_ref is not None:
             raise ValueError(
                 "git_ref: set, but context is a local directory: give a git URL as "

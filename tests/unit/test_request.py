@@ -132,7 +132,12 @@ def test_runner_options_are_checked(context: Path) -> None:
     assert error_of(context, runner={"storage_driver": "btrfs"}).startswith(
         "runner.storage_driver: "
     )
-    assert error_of(context, runner={"kind": "kubernetes"}).startswith("runner.kind: ")
+    assert error_of(context, runner={"kind": "docker"}).startswith("runner.kind: ")
+    assert error_of(context, runner={"kind": "kubernetes"}).startswith("context: ")
+    assert "builds from a git URL" in error_of(context, runner={"kind": "kubernetes"})
+    assert error_of(
+        context, runner={"kubernetes": {"namespace": "Not_A_Name"}}
+    ).startswith("runner.kubernetes.namespace: ")
 
 
 def test_unknown_field_is_rejected(context: Path) -> None:

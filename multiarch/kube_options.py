@@ -1,0 +1,103 @@
+"""Options of the Kubernetes runner: where Jobs run and how their pods are shaped.
+
+Plain data, validated like every other input; nothing here talks to a cluster. Secrets
+appear only by name (a Secret, a credentials block), never by value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from multiarch.platforms import Platform
+
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DEFAULT_ARM_VARIANT_LABEL = "multiarch.dev/arm-variant"
+
+
+class PlatformPlacement(BaseModel):
+    """Extra scheduling for one platform, e.g. tolerations for tainted Raspberry Pis."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Labels the node must also carry."
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Pod tolerations (Kubernetes Toleration objects)."
+    )
+    resources: dict[str, Any] = Field(
+        default_factory=dict, description="Container resources: requests/limits."
+    )
+
+
+class KubernetesOptions(BaseModel):
+    """How per-platform and publish Jobs are created."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    namespace: str = Field("multiarch", description="Namespace of the Jobs.")
+    builder_image: str = Field(
+        "multiarch-builder:latest",
+        description="Image with buildah, skopeo, git and this project "
+        "(deployments/builder/Containerfile).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    shared_claim: str = Field(
+        "multiarch-shared", description="RWX PersistentVolumeClaim for the handoff (NFS)."
+    )
+    registry_secret: str | None = Field(
+        None,
+        description="Secret (kubernetes.io/dockerconfigjson) mounted only into the push step.",
+    )
+    security: Literal["privileged", "minimal"] = Field(
+        "privileged",
+        description="privileged: simplest, works everywhere; minimal: SYS_ADMIN + /dev/fuse, "
+        "no privileged flag (see docs/kubernetes.md).",
+    )
+    arm_variant_label: str = Field(
+        DEFAULT_ARM_VARIANT_LABEL,
+        description="Node label carrying the ARM variant (v6/v7); Kubernetes has none.",
+    )
+    placements: dict[str, PlatformPlacement] = Field(
+        default_factory=dict,
+        description="Per-platform extra nodeSelector, tolerations and resources, "
+        "keyed by platform (linux/arm/v7).",
+    )
+    unschedulable_grace_s: int = Field(
+        60, ge=0, description="How long a pod may stay unschedulable before the build fails."
+    )
+    ttl_after_finished_s: int = Field(
+        3600, ge=0, description="Backstop: Kubernetes deletes finished Jobs after this."
+    )
+    kubeconfig: str | None = Field(
+        None, description="Path of a kubeconfig; default: in-cluster, then ~/.kube/config."
+    )
+    kube_context: str | None = Field(None, description="Context in the kubeconfig.")
+    credentials_block: str | None = Field(
+        None, description="Name of a prefect-kubernetes KubernetesCredentials block."
+    )
+
+    @field_validator("namespace", "shared_claim")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not DNS_LABEL_RE.match(value) or len(value) > 63:
+            raise ValueError(f"{value!r} is not a valid Kubernetes name (lowercase DNS label)")
+        return value
+
+    @field_validator("registry_secret")
+    @classmethod
+    def _secret_name(cls, value: str | None) -> str | None:
+        if value is not None and (not DNS_LABEL_RE.match(value) or len(value) > 63):
+            raise ValueError(f"{value!r} is not a valid Secret name")
+        return value
+
+    @field_validator("placements")
+    @classmethod
+    def _known_platforms(cls, value: dict[str, PlatformPlacement]) -> dict[str, PlatformPlacement]:
+        return {str(Platform.parse(key)): placement for key, placement in value.items()}
+
+    def placement(self, platform: Platform) -> PlatformPlacement:
+        return self.placements.get(str(platform), PlatformPlacement())
