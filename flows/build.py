@@ -18,8 +18,8 @@ from multiarch.errors import ConfigurationError, MultiarchError
 from multiarch.reporting import artifact_key, markdown_summary, platform_rows
 from multiarch.request import BuildRequest, RunnerOptions, describe_validation_error
 from multiarch.results import BuildResult, PlatformImage
-from multiarch.runners.local import preflight, remove_run_shared, run_dirs
-from multiarch.runners.processes import kill_all_steps
+from multiarch.runners.dispatch import preflight, stop_everything
+from multiarch.runners.local import run_dirs
 from tasks.build import build_platform_task
 from tasks.publish import publish_task
 from tasks.source import pin_source_task
@@ -37,16 +37,17 @@ def run_name() -> str:
     return f"{image} [{', '.join(arches)}]"
 
 
-def _kill_steps(*_: Any) -> None:
-    kill_all_steps()
+def _stop_builds(*_: Any) -> None:
+    """Cancelled or crashed: kill local steps, delete the Jobs this run created."""
+    stop_everything()
 
 
 @flow(
     name="build-multiarch-image",
     flow_run_name=run_name,
     log_prints=True,
-    on_cancellation=[_kill_steps],
-    on_crashed=[_kill_steps],
+    on_cancellation=[_stop_builds],
+    on_crashed=[_stop_builds],
 )
 def build_multiarch_image(
     image: str,
@@ -101,8 +102,6 @@ def build_multiarch_image(
         markdown=markdown_summary(result),
         description=f"Published {result.image}",
     )
-    if not request.runner.keep_shared:
-        remove_run_shared(dirs)
     logger.info(f"published {result.pull_reference} as tags {', '.join(result.tags)}")
     return result
 

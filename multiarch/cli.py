@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
+    publish = commands.add_parser(
+        "publish-layouts",
+        help="(used inside publish pods) publish per-platform OCI layouts as one index",
+    )
+    publish.add_argument("--spec", required=True, help="PublishSpec as JSON")
+    publish.add_argument("--result-file", help="write the BuildResult JSON here too")
+
     local = commands.add_parser("local", help="the local registry, emulation and base image")
     local.add_argument("action", choices=["up", "down", "status"])
     local.add_argument(
@@ -138,6 +145,19 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_publish_layouts(args: argparse.Namespace) -> int:
+    """Publish from a spec; the result goes to stdout and, in a pod, the termination log."""
+    from multiarch.publish import PublishSpec, publish_from_spec
+
+    spec = PublishSpec.model_validate_json(args.spec)
+    result = publish_from_spec(spec, emit=lambda line: print(line, flush=True))
+    encoded = result.model_dump_json()
+    if args.result_file:
+        Path(args.result_file).write_text(encoded)
+    print(encoded, flush=True)
+    return 0
+
+
 def run_local(args: argparse.Namespace) -> int:
     from multiarch.localenv import playground
 
@@ -156,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "build":
             return run_build(args)
+        if args.command == "publish-layouts":
+            return run_publish_layouts(args)
         return run_local(args)
     except ValidationError as exc:
         print(f"multiarch: invalid request: {describe_validation_error(exc)}", file=sys.stderr)

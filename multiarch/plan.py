@@ -38,6 +38,7 @@ class PlanPaths:
     storage_root: str  # container storage, on local disk (overlay fails over NFS)
     storage_runroot: str
     layout: str  # this platform's OCI image layout on the shared volume
+    digest_file: str | None = None  # where export also writes the manifest digest
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,11 +154,13 @@ def export_step(paths: PlanPaths, *, image: str, driver: str) -> Step:
     A store remembers the driver it was made with, so the reference names it explicitly.
     """
     store = f"containers-storage:[{driver}@{paths.storage_root}+{paths.storage_runroot}]"
+    digest = ("--digestfile", paths.digest_file) if paths.digest_file else ()
     return Step(
         name="export",
         argv=(
             "skopeo",
             "copy",
+            *digest,
             "--dest-compress",
             "--dest-compress-format",
             COMPRESSION,

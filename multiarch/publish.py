@@ -7,13 +7,16 @@ tag written, and each tag is read back and must resolve to the digest computed h
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from multiarch.errors import PublishError
 from multiarch.oci import assemble_index, read_layout_image, write_index_layout
-from multiarch.plan import REVISION_LABEL, SOURCE_LABEL
+from multiarch.plan import REVISION_LABEL, SOURCE_LABEL, Step
 from multiarch.references import ImageReference
 from multiarch.registry import RegistryTarget, push_layout, verify_tag
 from multiarch.request import BuildRequest
@@ -104,5 +107,41 @@ def publish_images(
         image=image.name,
         index_digest=digest,
         tags=list(tags),
-        platforms=[summarise(built) for built in images],
+        platforms=[
+            summarise(built, size=layout_image.total_size)
+            for built, (_, layout_image) in zip(images, found, strict=True)
+        ],
     )
+
+
+class PublishSpec(BaseModel):
+    """Everything a publish step in a pod needs, passed as one argv element (JSON)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    image: ImageReference
+    tags: tuple[str, ...]
+    insecure: bool
+    source: PinnedSource
+    images: tuple[PlatformImage, ...]
+    index_dir: str
+    cleanup_dir: str | None = None  # the run's handoff directory, removed once verified
+
+
+def publish_spec_step(spec: PublishSpec, *, result_file: str) -> Step:
+    """The publish step as a command: the builder image runs `multiarch publish-layouts`."""
+    return Step(
+        name="publish",
+        argv=("multiarch", "publish-layouts", "--spec", spec.model_dump_json(),
+              "--result-file", result_file),
+    )
+
+
+def publish_from_spec(spec: PublishSpec, *, emit: Callable[[str], None]) -> BuildResult:
+    result = publish_images(
+        spec.images, image=spec.image, tags=spec.tags, source=spec.source,
+        index_dir=Path(spec.index_dir), insecure=spec.insecure, emit=emit,
+    )
+    if spec.cleanup_dir:
+        shutil.rmtree(spec.cleanup_dir, ignore_errors=True)
+    return result

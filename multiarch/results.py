@@ -46,11 +46,12 @@ class BuildResult(BaseModel):
         return f"{self.image}@{self.index_digest}"
 
 
-def summarise(image: PlatformImage) -> PlatformSummary:
+def summarise(image: PlatformImage, *, size: int | None = None) -> PlatformSummary:
+    """The result row; `size` as measured from the layout when the builder could not."""
     return PlatformSummary(
         platform=image.platform,
         digest=image.digest,
-        size=image.size,
+        size=image.size if size is None else size,
         emulated=image.emulated,
         duration_s=round(image.duration_s, 2),
     )

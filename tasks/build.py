@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NONE
 
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest
 from multiarch.results import PlatformImage
-from multiarch.runners.local import RunDirs, build_platform
+from multiarch.runners import dispatch
+from multiarch.runners.local import RunDirs
 from multiarch.source import PinnedSource
 from tasks.retry import only_transient
 
 BUILD_RETRIES = 2
 
 
-@task(
-    name="build",
-    task_run_name="build {platform}",
-    retries=BUILD_RETRIES,
-    retry_delay_seconds=10,
-    retry_condition_fn=only_transient,
-    cache_policy=NONE,
-)
-def build_platform_task(
-    request: BuildRequest, source: PinnedSource, platform: Platform, dirs: RunDirs
-) -> PlatformImage:
-    return build_platform(request, source, platform, dirs=dirs, log=get_run_logger())
+@task(name="build", task_run_name="build {platform}", retries=BUILD_RETRIES,
+      retry_delay_seconds=10, retry_condition_fn=only_transient, cache_policy=NONE)
+def build_platform_task(request: BuildRequest, source: PinnedSource, platform: Platform,
+                        dirs: RunDirs) -> PlatformImage:
+    return dispatch.build(request, source, platform, dirs=dirs,
+                          flow_run_id=str(runtime.flow_run.id or ""), log=get_run_logger())

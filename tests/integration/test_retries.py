@@ -60,7 +60,7 @@ def test_transient_failure_is_retried_until_it_passes(prefect_server, tmp_path, 
             )
         return _image()
 
-    monkeypatch.setattr(tasks.build, "build_platform", flaky)
+    monkeypatch.setattr(tasks.build.dispatch, "build", flaky)
     state = _run_build_task(tmp_path)
     assert state.is_completed()
     assert len(calls) == 2
@@ -78,7 +78,7 @@ def test_permanent_failure_is_not_retried(prefect_server, tmp_path, monkeypatch)
             tail=[],
         )
 
-    monkeypatch.setattr(tasks.build, "build_platform", broken)
+    monkeypatch.setattr(tasks.build.dispatch, "build", broken)
     state = _run_build_task(tmp_path)
     assert state.is_failed()
     assert len(calls) == 1
@@ -93,7 +93,7 @@ def test_transient_failures_give_up_after_the_retry_budget(prefect_server, tmp_p
             "registry down: connection refused", step="build", exit_code=125, tail=[]
         )
 
-    monkeypatch.setattr(tasks.build, "build_platform", down)
+    monkeypatch.setattr(tasks.build.dispatch, "build", down)
     state = _run_build_task(tmp_path)
     assert state.is_failed()
     assert len(calls) == 1 + tasks.build.BUILD_RETRIES

@@ -1,0 +1,216 @@
+"""Kubernetes Job manifests as data: a pure function from a plan and options to a batch/v1 Job.
+
+Built apart from any API call so that tests can compare whole manifests and validate
+every one against the official Kubernetes schema. Each plan step becomes a container in
+exec form (command + args, no shell), init containers running in order; the pod is
+pinned by nodeSelector to a node of the platform's architecture.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from multiarch.kube_options import KubernetesOptions
+from multiarch.plan import PlanPaths, Step
+from multiarch.platforms import Platform
+
+APP_NAME = "multiarch-builder"
+LABEL_FLOW_RUN = "multiarch.dev/flow-run-id"
+LABEL_PLATFORM = "multiarch.dev/platform"
+LABEL_IMAGE = "multiarch.dev/image"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+
+# In-pod paths. Container storage sits on an emptyDir (local disk): overlay fails on NFS.
+SHARED_MOUNT = "/shared"
+WORKSPACE_MOUNT = "/workspace"
+STORAGE_MOUNT = "/var/lib/multiarch/storage"
+REGISTRY_AUTH_MOUNT = "/run/multiarch/registry-auth"
+REGISTRY_AUTH_FILE = f"{REGISTRY_AUTH_MOUNT}/.dockerconfigjson"
+TERMINATION_LOG = "/dev/termination-log"
+
+_LABEL_VALUE_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def label_value(text: str) -> str:
+    """A Kubernetes label value: at most 63 characters of [A-Za-z0-9._-], alnum at both ends."""
+    cleaned = _LABEL_VALUE_RE.sub("-", text)[:63]
+    return cleaned.strip("-._")
+
+
+def pod_paths(run_id: str, platform: Platform) -> PlanPaths:
+    """Where a build pod keeps things; the layout path is the same for the publish pod."""
+    return PlanPaths(
+        checkout=f"{WORKSPACE_MOUNT}/src",
+        storage_root=f"{STORAGE_MOUNT}/root",
+        storage_runroot=f"{STORAGE_MOUNT}/runroot",
+        layout=f"{SHARED_MOUNT}/{run_id}/{platform.slug}",
+        digest_file=TERMINATION_LOG,
+    )
+
+
+def job_labels(*, component: str, flow_run_id: str, image_name: str,
+               platform: Platform | None) -> dict[str, str]:
+    labels = {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/managed-by": APP_NAME,
+        LABEL_COMPONENT: component,
+        LABEL_FLOW_RUN: label_value(flow_run_id),
+        LABEL_IMAGE: label_value(image_name.rsplit("/", 1)[-1]),
+    }
+    if platform is not None:
+        labels[LABEL_PLATFORM] = label_value(platform.slug)
+    return labels
+
+
+def generate_name(image_name: str, suffix: str) -> str:
+    """`hello-linux-arm64-`: readable in `kubectl get jobs`, room for the random part."""
+    base = label_value(f"{image_name.rsplit('/', 1)[-1]}-{suffix}").lower().replace("_", "-")
+    base = base.replace(".", "-")[:50].strip("-")
+    return f"{base}-"
+
+
+def node_selector(platform: Platform, options: KubernetesOptions) -> dict[str, str]:
+    """kubernetes.io/os + arch from the platform; the ARM variant through a node label."""
+    selector = {"kubernetes.io/os": platform.os, "kubernetes.io/arch": platform.architecture}
+    if platform.architecture == "arm" and platform.variant:
+        selector[options.arm_variant_label] = platform.variant
+    selector.update(options.placement(platform).node_selector)
+    return selector
+
+
+def security_context(options: KubernetesOptions) -> dict[str, Any]:
+    """What buildah needs in a pod.
+
+    privileged: simplest and works with overlay and chroot isolation everywhere.
+    minimal: no privileged flag; SYS_ADMIN (chroot isolation mounts /proc and /sys in the
+    build root), SETFCAP (files with capabilities in layers), unconfined seccomp, and
+    /dev/fuse from the host for fuse-overlayfs (see `pod_volumes`).
+    """
+    if options.security == "privileged":
+        return {"privileged": True}
+    return {
+        "privileged": False,
+        "capabilities": {"add": ["SYS_ADMIN", "SETFCAP"]},
+        "seccompProfile": {"type": "Unconfined"},
+    }
+
+
+def container(step: Step, *, options: KubernetesOptions, mounts: Sequence[Mapping[str, Any]],
+              resources: Mapping[str, Any], extra_env: Mapping[str, str] | None = None
+              ) -> dict[str, Any]:
+    env = {**step.env, **(extra_env or {})}
+    spec: dict[str, Any] = {
+        "name": step.name,
+        "image": options.builder_image,
+        "imagePullPolicy": options.image_pull_policy,
+        "command": [step.argv[0]],
+        "args": list(step.argv[1:]),
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "volumeMounts": [dict(m) for m in mounts],
+        "securityContext": security_context(options),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+    }
+    if resources:
+        spec["resources"] = dict(resources)
+    return spec
+
+
+def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "shared", "persistentVolumeClaim": {"claimName": options.shared_claim}},
+        {"name": "workspace", "emptyDir": {}},
+        {"name": "storage", "emptyDir": {}},
+    ]
+    if options.security == "minimal":
+        volumes.append({"name": "dev-fuse",
+                        "hostPath": {"path": "/dev/fuse", "type": "CharDevice"}})
+    if with_registry_auth and options.registry_secret:
+        volumes.append({"name": "registry-auth", "secret": {
+            "secretName": options.registry_secret,
+            "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
+        }})
+    return volumes
+
+
+def _mounts(options: KubernetesOptions) -> list[dict[str, Any]]:
+    mounts = [
+        {"name": "shared", "mountPath": SHARED_MOUNT},
+        {"name": "workspace", "mountPath": WORKSPACE_MOUNT},
+        {"name": "storage", "mountPath": STORAGE_MOUNT},
+    ]
+    if options.security == "minimal":
+        mounts.append({"name": "dev-fuse", "mountPath": "/dev/fuse"})
+    return mounts
+
+
+def job_manifest(
+    steps: Sequence[Step], *, options: KubernetesOptions, labels: Mapping[str, str],
+    name_prefix: str, timeout_s: int, selector: Mapping[str, str] | None,
+    tolerations: Sequence[Mapping[str, Any]] = (), resources: Mapping[str, Any] | None = None,
+    push_step: str | None = None,
+) -> dict[str, Any]:
+    """One Job running `steps` in order; only the step named `push_step` sees credentials."""
+    if not steps:
+        raise ValueError("a Job needs at least one step")
+    mounts = _mounts(options)
+    containers = []
+    for step in steps:
+        step_mounts = list(mounts)
+        extra_env = None
+        if step.name == push_step and options.registry_secret:
+            step_mounts.append({"name": "registry-auth", "mountPath": REGISTRY_AUTH_MOUNT,
+                                "readOnly": True})
+            extra_env = {"REGISTRY_AUTH_FILE": REGISTRY_AUTH_FILE}
+        containers.append(container(step, options=options, mounts=step_mounts,
+                                    resources=resources or {}, extra_env=extra_env))
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # build steps never talk to the API
+        "containers": containers[-1:],
+        "volumes": pod_volumes(options, with_registry_auth=push_step is not None),
+    }
+    if len(containers) > 1:
+        pod_spec["initContainers"] = containers[:-1]
+    if selector:
+        pod_spec["nodeSelector"] = dict(selector)
+    if tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in tolerations]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"generateName": name_prefix, "namespace": options.namespace,
+                     "labels": dict(labels)},
+        "spec": {
+            "backoffLimit": 0,  # Prefect owns retries
+            "activeDeadlineSeconds": timeout_s,
+            "ttlSecondsAfterFinished": options.ttl_after_finished_s,
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        },
+    }
+
+
+def build_job(steps: Sequence[Step], *, platform: Platform, options: KubernetesOptions,
+              flow_run_id: str, image_name: str, timeout_s: int) -> dict[str, Any]:
+    placement = options.placement(platform)
+    return job_manifest(
+        steps, options=options,
+        labels=job_labels(component="build", flow_run_id=flow_run_id, image_name=image_name,
+                          platform=platform),
+        name_prefix=generate_name(image_name, platform.slug), timeout_s=timeout_s,
+        selector=node_selector(platform, options), tolerations=placement.tolerations,
+        resources=placement.resources,
+    )
+
+
+def publish_job(step: Step, *, options: KubernetesOptions, flow_run_id: str, image_name: str,
+                timeout_s: int, selector: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return job_manifest(
+        [step], options=options,
+        labels=job_labels(component="publish", flow_run_id=flow_run_id, image_name=image_name,
+                          platform=None),
+        name_prefix=generate_name(image_name, "publish"), timeout_s=timeout_s,
+        selector=selector, push_step=step.name,
+    )

@@ -1,0 +1,291 @@
+"""Job manifests: whole expected values, and every variant valid against the official schema."""
+
+from __future__ import annotations
+
+import json
+
+import kubernetes_validate
+import pytest
+
+from multiarch.jobs import build_job, label_value, node_selector, pod_paths, publish_job
+from multiarch.kube_options import KubernetesOptions, PlatformPlacement
+from multiarch.plan import plan_build
+from multiarch.platforms import Platform
+from multiarch.publish import PublishSpec, publish_spec_step
+from multiarch.request import BuildRequest, RunnerOptions
+from multiarch.source import PinnedSource
+
+SCHEMA_VERSIONS = [f"1.{minor}.0" for minor in range(28, 38)]
+SHA = "0123456789abcdef0123456789abcdef01234567"
+SOURCE = PinnedSource(
+    kind="git", location="https://git.example.com/team/hello.git", revision=SHA, ref="main"
+)
+
+
+def request(**kube) -> BuildRequest:
+    return BuildRequest(
+        image="registry.example.com/team/hello:1.0",
+        platforms=("linux/amd64", "linux/arm64", "linux/arm/v7"),
+        context=SOURCE.location,
+        build_args={"GREETING": "hi $(id); `x`"},
+        runner=RunnerOptions(kind="kubernetes", kubernetes=KubernetesOptions(**kube)),
+    )
+
+
+def manifest_for(platform: str, **kube) -> dict:
+    req = request(**kube)
+    target = Platform.parse(platform)
+    plan = plan_build(req, SOURCE, target, pod_paths("run1", target), run_id="run1")
+    return build_job(
+        plan.steps,
+        platform=target,
+        options=req.runner.kubernetes,
+        flow_run_id="1f0e-run",
+        image_name=req.image.name,
+        timeout_s=1800,
+    )
+
+
+def test_build_job_for_arm64_is_exactly_this():
+    labels = {
+        "app.kubernetes.io/name": "multiarch-builder",
+        "app.kubernetes.io/managed-by": "multiarch-builder",
+        "app.kubernetes.io/component": "build",
+        "multiarch.dev/flow-run-id": "1f0e-run",
+        "multiarch.dev/image": "hello",
+        "multiarch.dev/platform": "linux-arm64",
+    }
+    mounts = [
+        {"name": "shared", "mountPath": "/shared"},
+        {"name": "workspace", "mountPath": "/workspace"},
+        {"name": "storage", "mountPath": "/var/lib/multiarch/storage"},
+    ]
+
+    def step(name, argv, env=None):
+        return {
+            "name": name,
+            "image": "multiarch-builder:latest",
+            "imagePullPolicy": "IfNotPresent",
+            "command": [argv[0]],
+            "args": argv[1:],
+            "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+            "volumeMounts": mounts,
+            "securityContext": {"privileged": True},
+            "terminationMessagePath": "/dev/termination-log",
+            "terminationMessagePolicy": "File",
+        }
+
+    storage = [
+        "--root",
+        "/var/lib/multiarch/storage/root",
+        "--runroot",
+        "/var/lib/multiarch/storage/runroot",
+        "--storage-driver",
+        "overlay",
+    ]
+    image = "localhost/multiarch/linux-arm64:run1"
+    assert manifest_for("linux/arm64") == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "generateName": "hello-linux-arm64-",
+            "namespace": "multiarch",
+            "labels": labels,
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 1800,
+            "ttlSecondsAfterFinished": 3600,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "nodeSelector": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "arm64"},
+                    "initContainers": [
+                        step(
+                            "fetch",
+                            [
+                                "git",
+                                "clone",
+                                "--quiet",
+                                "--no-checkout",
+                                "--filter=blob:none",
+                                "--",
+                                SOURCE.location,
+                                "/workspace/src",
+                            ],
+                            {"GIT_TERMINAL_PROMPT": "0"},
+                        ),
+                        step(
+                            "checkout",
+                            ["git", "-C", "/workspace/src", "checkout", "--quiet", "--detach", SHA],
+                        ),
+                        step(
+                            "build",
+                            [
+                                "buildah",
+                                *storage,
+                                "build",
+                                "--isolation",
+                                "chroot",
+                                "--platform",
+                                "linux/arm64",
+                                "--build-arg",
+                                "GREETING=hi $(id); `x`",
+                                "--label",
+                                f"org.opencontainers.image.source={SOURCE.location}",
+                                "--label",
+                                f"org.opencontainers.image.revision={SHA}",
+                                "--tag",
+                                image,
+                                "/workspace/src",
+                            ],
+                            {"BUILDAH_ISOLATION": "chroot"},
+                        ),
+                    ],
+                    "containers": [
+                        step(
+                            "export",
+                            [
+                                "skopeo",
+                                "copy",
+                                "--digestfile",
+                                "/dev/termination-log",
+                                "--dest-compress",
+                                "--dest-compress-format",
+                                "gzip",
+                                "containers-storage:[overlay@/var/lib/multiarch/storage/"
+                                "root+/var/lib/multiarch/storage/runroot]" + image,
+                                "oci:/shared/run1/linux-arm64:image",
+                            ],
+                        ),
+                    ],
+                    "volumes": [
+                        {
+                            "name": "shared",
+                            "persistentVolumeClaim": {"claimName": "multiarch-shared"},
+                        },
+                        {"name": "workspace", "emptyDir": {}},
+                        {"name": "storage", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def test_arm_variant_goes_through_the_configured_node_label():
+    options = KubernetesOptions(arm_variant_label="example.com/arm-version")
+    assert node_selector(Platform.parse("linux/arm/v7"), options) == {
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "arm",
+        "example.com/arm-version": "v7",
+    }
+
+
+def test_placement_adds_selector_tolerations_and_resources():
+    pi = PlatformPlacement(
+        node_selector={"node.example.com/board": "rpi4"},
+        tolerations=[{"key": "node-role/pi", "operator": "Exists", "effect": "NoSchedule"}],
+        resources={"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"memory": "3Gi"}},
+    )
+    manifest = manifest_for("linux/arm64", placements={"linux/aarch64": pi})
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["nodeSelector"]["node.example.com/board"] == "rpi4"
+    assert pod["tolerations"] == pi.tolerations
+    assert all(c["resources"] == pi.resources for c in [*pod["initContainers"], *pod["containers"]])
+    other = manifest_for("linux/amd64", placements={"linux/arm64": pi})["spec"]["template"]
+    assert "tolerations" not in other["spec"]
+
+
+def test_minimal_security_uses_capabilities_and_dev_fuse_not_privileged():
+    pod = manifest_for("linux/amd64", security="minimal")["spec"]["template"]["spec"]
+    for c in [*pod["initContainers"], *pod["containers"]]:
+        assert c["securityContext"]["privileged"] is False
+        assert "SYS_ADMIN" in c["securityContext"]["capabilities"]["add"]
+        assert {"name": "dev-fuse", "mountPath": "/dev/fuse"} in c["volumeMounts"]
+    assert {"name": "dev-fuse", "hostPath": {"path": "/dev/fuse", "type": "CharDevice"}} in pod[
+        "volumes"
+    ]
+
+
+def test_build_jobs_never_see_registry_credentials():
+    manifest = manifest_for("linux/amd64", registry_secret="registry-auth")
+    text = json.dumps(manifest)
+    assert "registry-auth" not in text
+    assert "REGISTRY_AUTH_FILE" not in text
+
+
+def publish_manifest(**kube) -> dict:
+    req = request(**kube)
+    spec = PublishSpec(
+        image=req.image,
+        tags=req.all_tags,
+        insecure=False,
+        source=SOURCE,
+        images=(),
+        index_dir="/shared/run1/index",
+    )
+    return publish_job(
+        publish_spec_step(spec, result_file="/dev/termination-log"),
+        options=req.runner.kubernetes,
+        flow_run_id="1f0e-run",
+        image_name=req.image.name,
+        timeout_s=600,
+        selector={"kubernetes.io/os": "linux"},
+    )
+
+
+def test_publish_job_mounts_the_secret_only_into_its_push_step():
+    pod = publish_manifest(registry_secret="registry-auth")["spec"]["template"]["spec"]
+    (step,) = pod["containers"]
+    assert "initContainers" not in pod
+    assert step["command"] == ["multiarch"]
+    assert step["args"][:2] == ["publish-layouts", "--spec"]
+    assert {
+        "name": "REGISTRY_AUTH_FILE",
+        "value": "/run/multiarch/registry-auth/.dockerconfigjson",
+    } in step["env"]
+    assert {
+        "name": "registry-auth",
+        "mountPath": "/run/multiarch/registry-auth",
+        "readOnly": True,
+    } in step["volumeMounts"]
+    secret_volume = next(v for v in pod["volumes"] if v["name"] == "registry-auth")
+    assert secret_volume["secret"]["secretName"] == "registry-auth"
+
+
+def test_label_values_are_kubernetes_safe():
+    assert label_value("linux/arm/v7") == "linux-arm-v7"
+    assert label_value("x" * 80 + "-") == "x" * 63
+    assert label_value("-._weird name!") == "weird-name"
+
+
+VARIANTS = [
+    ("linux/amd64", {}),
+    ("linux/arm64", {"security": "minimal"}),
+    ("linux/arm/v7", {"registry_secret": "reg"}),
+    (
+        "linux/arm64",
+        {
+            "placements": {
+                "linux/arm64": {
+                    "node_selector": {"pi": "yes"},
+                    "tolerations": [
+                        {"key": "pi", "operator": "Equal", "value": "yes", "effect": "NoSchedule"}
+                    ],
+                    "resources": {"limits": {"memory": "4Gi", "cpu": "3"}},
+                }
+            }
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize("version", SCHEMA_VERSIONS)
+def test_every_manifest_validates_against_the_official_schema(version):
+    manifests = [manifest_for(platform, **kube) for platform, kube in VARIANTS]
+    manifests += [publish_manifest(), publish_manifest(registry_secret="reg", security="minimal")]
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, version, strict=True)
