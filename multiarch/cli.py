@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from multiarch.errors import MultiarchError
-from multiarch.request import BuildRequest, RunnerOptions, describe_validation_error
+from multiarch.request import BuildRequest, describe_validation_error
 
 DEFAULT_STATE_DIR = ".local"
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--label", dest="labels", action="append", type=key_value, default=[], metavar="K=V"
     )
     build.add_argument("--target", help="build stage to stop at")
-    build.add_argument("--runner", choices=["local"], default="local")
+    build.add_argument("--runner", choices=["local", "kubernetes"], default="local")
     build.add_argument(
         "--allow-emulation", action="store_true", help="build foreign architectures under QEMU"
     )
@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-shared", action="store_true", help="keep the per-platform layouts after publishing"
     )
     build.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    kube = build.add_argument_group("kubernetes runner")
+    kube.add_argument("--namespace", help="namespace of the build Jobs (default multiarch)")
+    kube.add_argument("--builder-image", help="image with buildah, skopeo, git and multiarch")
+    kube.add_argument("--shared-claim", help="RWX PersistentVolumeClaim for the handoff")
+    kube.add_argument("--registry-secret", help="dockerconfigjson Secret for the push step")
+    kube.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, ~/.kube)")
+    kube.add_argument("--kube-context", help="context in the kubeconfig")
+    kube.add_argument("--credentials-block", help="prefect-kubernetes KubernetesCredentials")
+    kube.add_argument("--unschedulable-grace", type=int, dest="unschedulable_grace_s",
+                      help="seconds a pod may stay unschedulable before failing")
+    kube.add_argument("--security", choices=["privileged", "minimal"],
+                      help="securityContext of build pods")
 
     publish = commands.add_parser(
         "publish-layouts",
@@ -102,15 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+KUBE_FLAGS = ("namespace", "builder_image", "shared_claim", "registry_secret", "kubeconfig",
+              "kube_context", "credentials_block", "unschedulable_grace_s", "security")
+
+
 def request_from_args(args: argparse.Namespace) -> BuildRequest:
-    options = RunnerOptions(
-        kind=args.runner,
-        work_dir=args.work_dir,
-        shared_dir=args.shared_dir,
-        timeout_s=args.timeout_s,
-        storage_driver=args.storage_driver,
-        keep_shared=args.keep_shared,
-    )
+    kube = {name: getattr(args, name) for name in KUBE_FLAGS if getattr(args, name) is not None}
+    options = {
+        "kind": args.runner,
+        "work_dir": args.work_dir,
+        "shared_dir": args.shared_dir,
+        "timeout_s": args.timeout_s,
+        "storage_driver": args.storage_driver,
+        "keep_shared": args.keep_shared,
+        "kubernetes": kube,
+    }
     return BuildRequest(
         image=args.image,
         tags=tuple(args.tags),
