@@ -85,14 +85,15 @@ def security_context(options: KubernetesOptions) -> dict[str, Any]:
 
     privileged: simplest and works with overlay and chroot isolation everywhere.
     minimal: no privileged flag; SYS_ADMIN (chroot isolation mounts /proc and /sys in the
-    build root), SETFCAP (files with capabilities in layers), unconfined seccomp, and
+    build root), SYS_CHROOT (not granted by default on CRI-O), SETFCAP (files with capabilities
+    in layers), unconfined seccomp, and
     /dev/fuse from the host for fuse-overlayfs (see `pod_volumes`).
     """
     if options.security == "privileged":
         return {"privileged": True}
     return {
         "privileged": False,
-        "capabilities": {"add": ["SYS_ADMIN", "SETFCAP"]},
+        "capabilities": {"add": ["SYS_ADMIN", "SYS_CHROOT", "SETFCAP"]},
         "seccompProfile": {"type": "Unconfined"},
     }
 
