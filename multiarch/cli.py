@@ -168,7 +168,9 @@ def run_publish_layouts(args: argparse.Namespace) -> int:
     from multiarch.publish import PublishSpec, publish_from_spec
 
     spec = PublishSpec.model_validate_json(args.spec)
-    result = publish_from_spec(spec, emit=lambda line: print(line, flush=True))
+    result = publish_from_spec(
+        spec, emit=lambda line: print(line.removeprefix("[publish] "), flush=True)
+    )
     encoded = result.model_dump_json()
     if args.result_file:
         Path(args.result_file).write_text(encoded)

@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from multiarch.kube_options import KubernetesOptions
-from multiarch.plan import PlanPaths, Step
+from multiarch.plan import PlanPaths, Step, plan_build, prepare_layout_step
 from multiarch.platforms import Platform
+from multiarch.request import BuildRequest
+from multiarch.source import PinnedSource
 
 APP_NAME = "multiarch-builder"
 LABEL_FLOW_RUN = "multiarch.dev/flow-run-id"
@@ -215,3 +217,12 @@ def publish_job(step: Step, *, options: KubernetesOptions, flow_run_id: str, ima
         name_prefix=generate_name(image_name, "publish"), timeout_s=timeout_s,
         selector=selector, push_step=step.name,
     )
+
+
+def platform_job(request: BuildRequest, source: PinnedSource, platform: Platform, *,
+                 run_id: str, flow_run_id: str) -> dict[str, Any]:
+    """The whole Job for one platform of a request: prepare the layout, then the plan."""
+    plan = plan_build(request, source, platform, pod_paths(run_id, platform), run_id=run_id)
+    return build_job((prepare_layout_step(plan.layout), *plan.steps), platform=platform,
+                     options=request.runner.kubernetes, flow_run_id=flow_run_id,
+                     image_name=request.image.name, timeout_s=request.runner.timeout_s)

@@ -70,6 +70,16 @@ def plan_build(
     return BuildPlan(platform=platform, steps=tuple(steps), image=image, layout=paths.layout)
 
 
+# A fixed script: the path arrives as "$1", never formatted into the script text.
+PREPARE_LAYOUT_SCRIPT = 'rm -rf -- "$1" && mkdir -p -- "$(dirname -- "$1")"'
+
+
+def prepare_layout_step(layout: str) -> Step:
+    """In a pod: start from no layout (a retry must not inherit a half-written one) and make
+    its parent, which skopeo requires. The local runner does the same in-process."""
+    return Step(name="prepare", argv=("sh", "-c", PREPARE_LAYOUT_SCRIPT, "prepare", layout))
+
+
 def fetch_steps(source: PinnedSource, *, checkout: str) -> list[Step]:
     """Clone without blobs, then check out the pinned commit: cheap and exact."""
     assert source.revision, "a git source is pinned before planning"

@@ -38,9 +38,9 @@ from multiarch.errors import (
     TransientError,
     TransientStepFailure,
 )
-from multiarch.jobs import SHARED_MOUNT, TERMINATION_LOG, build_job, pod_paths, publish_job
+from multiarch.jobs import SHARED_MOUNT, TERMINATION_LOG, platform_job, pod_paths, publish_job
 from multiarch.kube_options import KubernetesOptions
-from multiarch.plan import plan_build
+from multiarch.plan import LAYOUT_REF
 from multiarch.platforms import Platform
 from multiarch.publish import PublishSpec, publish_spec_step
 from multiarch.request import BuildRequest
@@ -237,6 +237,8 @@ def _follow_job(api: KubeApi, job: str, manifest: Mapping[str, Any], *, label: s
                     logs.finish()
                     return JobOutcome(job=job, pod=_pod_name(pod),
                                       termination_message=_termination_message(pod, steps[-1]))
+                if diagnosis.exit_code is not None and not _terminal(pod):
+                    continue  # a step ended; wait for the pod's verdict (evicted? failed?)
                 if diagnosis.verdict in (Verdict.PERMANENT, Verdict.TRANSIENT):
                     logs.finish()
                     raise _failure(diagnosis, label=label, tail=logs.tail(diagnosis.step))
@@ -329,6 +331,7 @@ class LogFollower(threading.Thread):
         for step in self.steps:
             if not self._wait_started(step):
                 return
+            self.emit(f"{self.label} step {step} on {self.pod}")
             self._stream(step)
 
     def finish(self) -> None:
@@ -394,10 +397,7 @@ class LogFollower(threading.Thread):
 def build_platform_job(request: BuildRequest, source: PinnedSource, platform: Platform, *,
                        run_id: str, flow_run_id: str, emit: Emit) -> PlatformImage:
     options = request.runner.kubernetes
-    paths = pod_paths(run_id, platform)
-    plan = plan_build(request, source, platform, paths, run_id=run_id)
-    manifest = build_job(plan.steps, platform=platform, options=options, flow_run_id=flow_run_id,
-                         image_name=request.image.name, timeout_s=request.runner.timeout_s)
+    manifest = platform_job(request, source, platform, run_id=run_id, flow_run_id=flow_run_id)
     started = time.monotonic()
     outcome = run_job(connect(options), manifest, label=f"[{platform}]",
                       timeout_s=request.runner.timeout_s,
@@ -407,8 +407,8 @@ def build_platform_job(request: BuildRequest, source: PinnedSource, platform: Pl
         raise StepFailed(f"[{platform}] export did not report a digest (got {digest[:80]!r})",
                          step="export", exit_code=None, tail=[])
     return PlatformImage(platform=platform, digest=digest, size=0, emulated=False,
-                         duration_s=time.monotonic() - started, layout=plan.layout,
-                         layout_ref=plan.layout_ref)
+                         duration_s=time.monotonic() - started,
+                         layout=pod_paths(run_id, platform).layout, layout_ref=LAYOUT_REF)
 
 
 def publish_spec(request: BuildRequest, source: PinnedSource, images: list[PlatformImage], *,
