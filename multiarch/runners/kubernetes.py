@@ -226,6 +226,7 @@ def _follow_job(api: KubeApi, job: str, manifest: Mapping[str, Any], *, label: s
                 chunk = min(chunk, max(0.5, unschedulable_since + grace_s - time.monotonic()))
             for event_type, pod in _watch_pods(api, job, timeout_s=chunk):
                 if event_type == "DELETED" and not _terminal(pod):
+                    _raise_if_deadline(api, job, label=label, timeout_s=timeout_s)
                     raise TransientError(f"{label} pod {_pod_name(pod)} was deleted before it "
                                          "finished (node drained?); retrying")
                 view.update(pod)
@@ -241,6 +242,7 @@ def _follow_job(api: KubeApi, job: str, manifest: Mapping[str, Any], *, label: s
                     continue  # a step ended; wait for the pod's verdict (evicted? failed?)
                 if diagnosis.verdict in (Verdict.PERMANENT, Verdict.TRANSIENT):
                     logs.finish()
+                    _raise_if_deadline(api, job, label=label, timeout_s=timeout_s)
                     raise _failure(diagnosis, label=label, tail=logs.tail(diagnosis.step))
                 if diagnosis.verdict == Verdict.UNSCHEDULABLE:
                     unschedulable_since = unschedulable_since or time.monotonic()
@@ -275,6 +277,22 @@ def _watch_pods(api: KubeApi, job: str, *, timeout_s: float
         if isinstance(exc, ApiException) and exc.status in (401, 403, 404):
             raise api_error(exc, what=f"watching pods of Job {job}") from exc
         # a dropped or expired watch: the caller simply watches again
+
+
+def _raise_if_deadline(api: KubeApi, job: str, *, label: str, timeout_s: int) -> None:
+    """The Job controller kills pods at activeDeadlineSeconds; say so instead of blaming
+    the step it interrupted (or retrying a deleted pod)."""
+    try:
+        status = api.api_client.sanitize_for_serialization(
+            api.batch.read_namespaced_job_status(job, api.namespace, _request_timeout=30)
+        ).get("status") or {}
+    except (ApiException, urllib3.exceptions.HTTPError):
+        return
+    for condition in status.get("conditions") or []:
+        if condition.get("reason") == "DeadlineExceeded" and condition.get("status") == "True":
+            raise StepFailed(f"{label} timed out after {timeout_s}s (Job deadline): raise "
+                             "runner.timeout_s or make the build faster", step="job",
+                             exit_code=None, tail=[])
 
 
 def _failure(diagnosis: Diagnosis, *, label: str, tail: list[str]) -> MultiarchError:
