@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+# status.reason values set when the node, not the build, ended the pod.
 TRANSIENT_POD_REASONS = frozenset({
     "Evicted", "NodeLost", "NodeShutdown", "Shutdown", "Terminated", "UnexpectedAdmissionError",
-    "Preempting", "DeletionByTaintManager", "TerminationByKubelet",
+    "Preempting",
 })
 PULL_FAILURES = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 CONFIG_FAILURES = frozenset({"CreateContainerConfigError", "CreateContainerError",
@@ -59,6 +60,13 @@ def diagnose_pod(pod: Mapping[str, Any]) -> Diagnosis:
                     f"{status.get('message', '').strip()}".rstrip(": "),
             resolution="retrying on another attempt; if this repeats, give build pods more "
                        "memory/disk or fewer concurrent builds per node",
+        )
+    disruption = _disruption(status)
+    if disruption is not None and phase == "Failed":
+        return Diagnosis(
+            verdict=Verdict.TRANSIENT,
+            summary=f"pod {_name(pod)} was disrupted on {node} ({disruption})",
+            resolution="retrying on another attempt; the node was lost, drained or preempted",
         )
     if reason == "DeadlineExceeded":
         return Diagnosis(verdict=Verdict.PERMANENT,
@@ -120,6 +128,17 @@ def _container_states(status: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[
     for key in ("initContainerStatuses", "containerStatuses"):
         for entry in status.get(key) or []:
             yield entry.get("name", "?"), entry.get("state") or {}
+
+
+def _disruption(status: Mapping[str, Any]) -> str | None:
+    """Kubernetes 1.26+: a DisruptionTarget condition says the pod was killed from outside
+    (pod GC after node loss, taint manager, preemption, eviction API)."""
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            reason = condition.get("reason", "DisruptionTarget")
+            message = condition.get("message", "").strip()
+            return f"{reason}: {message}" if message else reason
+    return None
 
 
 def _unschedulable(status: Mapping[str, Any]) -> str | None:

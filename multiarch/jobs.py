@@ -41,6 +41,12 @@ def label_value(text: str) -> str:
     return cleaned.strip("-._")
 
 
+def escape_expansion(arg: str) -> str:
+    """Keep an argument verbatim: Kubernetes expands `$(VAR)` and turns `$$` into `$` in
+    command and args, so every `$` is doubled (the API's own escape)."""
+    return arg.replace("$", "$$")
+
+
 def pod_paths(run_id: str, platform: Platform) -> PlanPaths:
     """Where a build pod keeps things; the layout path is the same for the publish pod."""
     return PlanPaths(
@@ -108,8 +114,8 @@ def container(step: Step, *, options: KubernetesOptions, mounts: Sequence[Mappin
         "name": step.name,
         "image": options.builder_image,
         "imagePullPolicy": options.image_pull_policy,
-        "command": [step.argv[0]],
-        "args": list(step.argv[1:]),
+        "command": [escape_expansion(step.argv[0])],
+        "args": [escape_expansion(arg) for arg in step.argv[1:]],
         "env": [{"name": k, "value": v} for k, v in env.items()],
         "volumeMounts": [dict(m) for m in mounts],
         "securityContext": security_context(options),

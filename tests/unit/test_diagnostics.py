@@ -145,3 +145,13 @@ def test_deadline_exceeded_is_permanent():
     d = diagnose_pod(pod("Failed", reason="DeadlineExceeded"))
     assert d.verdict == Verdict.PERMANENT
     assert "timeout_s" in d.message
+
+
+def test_node_loss_reported_by_pod_gc_is_transient():
+    gone = pod("Failed", init=[("build", {"terminated": {"exitCode": 137, "reason": "Error"}})],
+               conditions=[{"type": "DisruptionTarget", "status": "True",
+                            "reason": "DeletionByPodGC",
+                            "message": "PodGC: node no longer exists"}], node="pi-2")
+    d = diagnose_pod(gone)
+    assert d.verdict == Verdict.TRANSIENT
+    assert "DeletionByPodGC: PodGC: node no longer exists" in d.message

@@ -132,7 +132,7 @@ def test_build_job_for_arm64_is_exactly_this():
                                 "--platform",
                                 "linux/arm64",
                                 "--build-arg",
-                                "GREETING=hi $(id); `x`",
+                                "GREETING=hi $$(id); `x`",
                                 "--label",
                                 f"org.opencontainers.image.source={SOURCE.location}",
                                 "--label",

@@ -1,0 +1,436 @@
+"""The flow with runner="kubernetes" against the test cluster (API emulator + node agent).
+
+The agent runs every container's argv for real on this machine (arm64 builds through
+QEMU), so these publish real images to the real local registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.build import PlatformsFailed, build_multiarch_image
+from multiarch.errors import ConfigurationError, MultiarchError, StepFailed, TransientError
+from multiarch.jobs import LABEL_PLATFORM, platform_job
+from multiarch.kube_options import KubernetesOptions
+from multiarch.platforms import Platform
+from multiarch.request import BuildRequest
+from multiarch.runners import dispatch
+from multiarch.runners import kubernetes as kube_runner
+from multiarch.source import PinnedSource
+from tests.integration.conftest import read_image_file, skopeo_raw, tag_digest
+from tests.integration.prefect_queries import task_run_counts, task_runs
+from tests.kube.cluster import NodeSpec, start_fake_cluster
+
+pytestmark = pytest.mark.integration
+
+CONTAINERFILE = """\
+ARG BASE
+FROM ${BASE}
+ARG GREETING=none
+RUN uname -m > /etc/build-arch && printf '%s\\n' "$GREETING" > /etc/greeting
+RUN echo built-by-kubernetes-runner
+"""
+# Kubernetes expands $(VAR) and $$ in container args; these must still arrive verbatim.
+TRICKY = "hi $(HOME) $$ $(id -u); `uname` 'q' \"d\""
+FAILS_ON_ARM64 = """\
+ARG BASE
+FROM ${BASE}
+RUN if [ "$(uname -m)" = aarch64 ]; then echo "no aarch64 here" >&2; exit 7; fi
+"""
+BOTH = [NodeSpec("node-amd64", arch="amd64"), NodeSpec("node-arm64", arch="arm64")]
+
+
+def git(*args: str, cwd: Path) -> str:
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "PATH": os.environ["PATH"],
+        "HOME": str(cwd),
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
+
+
+def make_repo(root: Path, containerfile: str) -> str:
+    root.mkdir()
+    git("init", "--quiet", "--initial-branch=main", cwd=root)
+    (root / "Containerfile").write_text(containerfile)
+    git("add", ".", cwd=root)
+    git("commit", "--quiet", "-m", "build me", cwd=root)
+    return f"file://{root}"
+
+
+@pytest.fixture
+def builder_path(monkeypatch):
+    """Pods run `multiarch` and the tools from PATH, as the builder image would provide."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+
+@pytest.fixture
+def cluster(tmp_path, builder_path):
+    with start_fake_cluster(
+        tmp_path / "cluster",
+        nodes=BOTH,
+        namespace="multiarch",
+        shared_claims={"multiarch-shared": tmp_path / "nfs"},
+    ) as fake:
+        yield fake
+        assert fake.jobs() == [], "a Job was left behind"
+        assert fake.pods() == [], "a pod was left behind"
+
+
+def kube_runner_options(cluster, **extra) -> dict:
+    return {
+        "kind": "kubernetes",
+        "timeout_s": 600,
+        "kubernetes": {
+            "kubeconfig": str(cluster.kubeconfig),
+            "namespace": cluster.namespace,
+            "builder_image": "multiarch-builder:test",
+            "unschedulable_grace_s": 2,
+            **extra,
+        },
+    }
+
+
+def run_flow(cluster, playground, *, image, context, platforms, build_args=None, **kwargs):
+    return build_multiarch_image(
+        image=image,
+        platforms=platforms,
+        context=context,
+        build_args={"BASE": playground.base, **(build_args or {})},
+        insecure_registry=True,
+        runner=kube_runner_options(cluster, **kwargs.pop("kube", {})),
+        **kwargs,
+    )
+
+
+def test_flow_publishes_a_two_platform_index_through_jobs(
+    cluster, playground, prefect_server, tmp_path
+):
+    context = make_repo(tmp_path / "repo", CONTAINERFILE)
+    image = f"{playground.address}/tests/kube-hello"
+    state = run_flow(
+        cluster,
+        playground,
+        image=f"{image}:latest",
+        context=context,
+        platforms=["linux/amd64", "linux/arm64"],
+        build_args={"GREETING": TRICKY},
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    result = state.result()
+
+    index = json.loads(skopeo_raw(f"{image}:latest"))
+    assert [m["platform"] for m in index["manifests"]] == [
+        {"architecture": "amd64", "os": "linux"},
+        {"architecture": "arm64", "os": "linux", "variant": "v8"},
+    ]
+    assert tag_digest(f"{image}:latest") == result.index_digest
+    assert [m["digest"] for m in index["manifests"]] == [p.digest for p in result.platforms]
+    for platform in result.platforms:
+        scratch = tmp_path / platform.platform.slug
+        scratch.mkdir()
+        arch = read_image_file(f"{image}@{platform.digest}", "/etc/build-arch", scratch=scratch)
+        assert (
+            arch.decode().strip()
+            == {"amd64": "x86_64", "arm64": "aarch64"}[platform.platform.architecture]
+        )
+        assert platform.size > 0
+        (scratch / "g").mkdir()
+        greeting = read_image_file(
+            f"{image}@{platform.digest}", "/etc/greeting", scratch=scratch / "g"
+        )
+        assert greeting.decode() == TRICKY + "\n"
+    flow_run_id = state.state_details.flow_run_id
+    assert task_runs(flow_run_id) == {
+        "pin source": "Completed",
+        "build linux/amd64": "Completed",
+        "build linux/arm64": "Completed",
+        "publish": "Completed",
+    }
+
+    created = cluster.created_jobs()
+    assert len(created) == 3
+    arm_job = next(
+        j for j in created if j["metadata"]["labels"].get(LABEL_PLATFORM) == "linux-arm64"
+    )
+    assert arm_job["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/arch"] == "arm64"
+    # the wire carries exactly what the pure function produced
+    request = BuildRequest(
+        image=f"{image}:latest",
+        platforms=("linux/amd64", "linux/arm64"),
+        context=context,
+        build_args={"BASE": playground.base, "GREETING": TRICKY},
+        insecure_registry=True,
+        runner=kube_runner_options(cluster),
+    )
+    revision = index["annotations"]["org.opencontainers.image.revision"]
+    source = PinnedSource(kind="git", location=context, ref="HEAD", revision=revision)
+    run_id = flow_run_id.hex
+    assert arm_job == platform_job(
+        request, source, Platform.parse("linux/arm64"), run_id=run_id, flow_run_id=str(flow_run_id)
+    )
+    assert not (tmp_path / "nfs" / run_id).exists(), "the handoff directory was not cleaned"
+
+
+def test_no_arm64_node_fails_fast_with_a_clear_message(
+    playground, prefect_server, tmp_path, builder_path
+):
+    context = make_repo(tmp_path / "repo", CONTAINERFILE)
+    with start_fake_cluster(
+        tmp_path / "cluster",
+        nodes=BOTH[:1],
+        namespace="multiarch",
+        shared_claims={"multiarch-shared": tmp_path / "nfs"},
+    ) as cluster:
+        started = time.monotonic()
+        with pytest.raises(PlatformsFailed) as failure:
+            run_flow(
+                cluster,
+                playground,
+                image=f"{playground.address}/tests/kube-noarm:1",
+                context=context,
+                platforms=["linux/arm64"],
+            )
+        elapsed = time.monotonic() - started
+        message = str(failure.value)
+        assert "[linux/arm64] no schedulable node" in message
+        assert "kubernetes.io/arch=arm64" in message
+        assert "add a node labelled kubernetes.io/arch=arm64" in message
+        assert elapsed < 120
+        assert cluster.jobs() == [] and cluster.pods() == []
+    assert tag_digest(f"{playground.address}/tests/kube-noarm:1") is None
+
+
+def test_evicted_pod_is_retried_and_the_run_succeeds(cluster, playground, prefect_server, tmp_path):
+    context = make_repo(tmp_path / "repo", CONTAINERFILE)
+    evicted: list[str] = []
+
+    def evict_first_arm64_build() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not evicted:
+            for pod in cluster.pods():
+                labels = pod["metadata"].get("labels", {})
+                states = {
+                    s["name"]: s.get("state", {})
+                    for s in pod.get("status", {}).get("initContainerStatuses") or []
+                }
+                if labels.get(LABEL_PLATFORM) == "linux-arm64" and "running" in states.get(
+                    "build", {}
+                ):
+                    cluster.evict(pod["metadata"]["name"])
+                    evicted.append(pod["metadata"]["name"])
+                    return
+            time.sleep(0.05)
+
+    saboteur = threading.Thread(target=evict_first_arm64_build, daemon=True)
+    saboteur.start()
+    image = f"{playground.address}/tests/kube-evicted:latest"
+    state = run_flow(
+        cluster,
+        playground,
+        image=image,
+        context=context,
+        platforms=["linux/amd64", "linux/arm64"],
+        return_state=True,
+    )
+    saboteur.join(5)
+    assert evicted, "the test never saw the arm64 build running"
+    assert state.is_completed(), state.message
+    counts = task_run_counts(state.state_details.flow_run_id)
+    assert counts["build linux/arm64"] == 2
+    assert counts["build linux/amd64"] == 1
+    assert tag_digest(image) == state.result().index_digest
+
+
+def test_failing_run_on_one_platform_publishes_nothing(
+    cluster, playground, prefect_server, tmp_path
+):
+    context = make_repo(tmp_path / "repo", FAILS_ON_ARM64)
+    image = f"{playground.address}/tests/kube-fails:latest"
+    state = run_flow(
+        cluster,
+        playground,
+        image=image,
+        context=context,
+        platforms=["linux/amd64", "linux/arm64"],
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert "[linux/arm64] step build exited with" in state.message
+    assert "no aarch64 here" in state.message
+    flow_run_id = state.state_details.flow_run_id
+    assert "publish" not in task_runs(flow_run_id)
+    assert task_run_counts(flow_run_id)["build linux/arm64"] == 1
+    assert tag_digest(image) is None
+    assert all(
+        j["metadata"]["labels"]["app.kubernetes.io/component"] == "build"
+        for j in cluster.created_jobs()
+    )
+
+
+def test_step_logs_arrive_in_order_without_repeats_across_a_dropped_stream(
+    cluster, playground, tmp_path
+):
+    context = make_repo(tmp_path / "repo", CONTAINERFILE)
+    request = BuildRequest(
+        image=f"{playground.address}/tests/kube-logs:1",
+        platforms=("linux/amd64",),
+        context=context,
+        build_args={"BASE": playground.base},
+        insecure_registry=True,
+        runner=kube_runner_options(cluster),
+    )
+    source = PinnedSource(
+        kind="git",
+        location=context,
+        ref="HEAD",
+        revision=git("rev-parse", "HEAD", cwd=tmp_path / "repo"),
+    )
+    cluster.drop_log_stream_once(after_lines=3)
+    lines: list[str] = []
+    image = kube_runner.build_platform_job(
+        request,
+        source,
+        Platform.parse("linux/amd64"),
+        run_id="logs1",
+        flow_run_id="logs-test",
+        emit=lines.append,
+    )
+    assert image.digest.startswith("sha256:")
+    started = [line.split()[2] for line in lines if line.startswith("[linux/amd64] step ")]
+    assert started == ["prepare", "fetch", "checkout", "build", "export"]
+    step_lines = [line for line in lines if line.startswith("[linux/amd64] [")]
+    seen = list(dict.fromkeys(line.split("] [", 1)[1].split("]", 1)[0] for line in step_lines))
+    assert seen == [step for step in started if step in seen], "step logs out of order"
+    assert step_lines.index(next(x for x in step_lines if "[export]" in x)) > step_lines.index(
+        next(x for x in step_lines if "[build]" in x)
+    )
+    build_lines = [line for line in step_lines if line.startswith("[linux/amd64] [build] ")]
+    assert any("STEP 1/" in line for line in build_lines)
+    assert any("built-by-kubernetes-runner" in line for line in build_lines)
+    step_markers = [line for line in build_lines if "STEP " in line or "COMMIT" in line]
+    assert len(step_markers) == len(set(step_markers)) >= 4, "a line was repeated after the drop"
+    assert any(line.startswith("[linux/amd64] deleted Job") for line in lines)
+
+
+SLOW = """\
+ARG BASE
+FROM ${BASE}
+RUN sleep 120
+"""
+
+
+def _single_build(cluster, playground, tmp_path, containerfile, **runner):
+    context = make_repo(tmp_path / "repo", containerfile)
+    options = kube_runner_options(cluster)
+    options.update(runner)
+    request = BuildRequest(
+        image=f"{playground.address}/tests/kube-single:1",
+        platforms=("linux/amd64",),
+        context=context,
+        build_args={"BASE": playground.base},
+        insecure_registry=True,
+        runner=options,
+    )
+    source = PinnedSource(
+        kind="git",
+        location=context,
+        ref="HEAD",
+        revision=git("rev-parse", "HEAD", cwd=tmp_path / "repo"),
+    )
+    return lambda emit: kube_runner.build_platform_job(
+        request,
+        source,
+        Platform.parse("linux/amd64"),
+        run_id="single",
+        flow_run_id="single-test",
+        emit=emit,
+    )
+
+
+def test_timeout_fails_the_build_and_deletes_the_job(cluster, playground, tmp_path):
+    build = _single_build(cluster, playground, tmp_path, SLOW, timeout_s=8)
+    started = time.monotonic()
+    with pytest.raises(StepFailed) as failure:
+        build(lambda line: None)
+    assert time.monotonic() - started < 60
+    assert "deadline" in str(failure.value) or "timed out" in str(failure.value)
+    assert cluster.jobs() == [] and cluster.pods() == []
+
+
+def test_cancellation_deletes_the_running_job(cluster, playground, tmp_path):
+    build = _single_build(cluster, playground, tmp_path, SLOW)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            build(lambda line: None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    cluster.wait_for(
+        lambda: any(
+            "running" in (s.get("state") or {})
+            for p in cluster.pods()
+            for s in p.get("status", {}).get("initContainerStatuses") or []
+            if s["name"] == "build"
+        ),
+        timeout=120,
+    )
+    assert dispatch.stop_everything() is None
+    worker.join(60)
+    assert not worker.is_alive()
+    assert outcome and isinstance(outcome[0], MultiarchError)
+    assert cluster.jobs() == [] and cluster.pods() == []
+
+
+def test_credentials_block_gives_cluster_access(cluster, prefect_server):
+    from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
+
+    cluster_config = KubernetesClusterConfig.from_file(cluster.kubeconfig)
+    KubernetesCredentials(cluster_config=cluster_config).save("test-cluster", overwrite=True)
+    options = KubernetesOptions(credentials_block="test-cluster", namespace=cluster.namespace)
+    assert kube_runner.preflight(options) == [
+        f"kubernetes: namespace {cluster.namespace} reachable"
+    ]
+
+
+def test_unreachable_api_server_is_explained(tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "gone",
+                "clusters": [{"name": "gone", "cluster": {"server": "http://127.0.0.1:9"}}],
+                "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "u"}}],
+                "users": [{"name": "u", "user": {}}],
+            }
+        )
+    )
+    options = KubernetesOptions(kubeconfig=str(kubeconfig))
+    with pytest.raises(TransientError, match="cannot reach the API server"):
+        kube_runner.preflight(options)
+
+
+def test_missing_kubeconfig_is_a_configuration_error(tmp_path):
+    options = KubernetesOptions(kubeconfig=str(tmp_path / "nope"))
+    with pytest.raises(ConfigurationError, match=r"runner\.kubernetes\.kubeconfig"):
+        kube_runner.preflight(options)

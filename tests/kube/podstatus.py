@@ -1,0 +1,144 @@
+"""A pod's status as the kubelet reports it, kept apart from running the containers.
+
+Job runners decide everything from this object (phase, conditions, each container's
+waiting/running/terminated state, reason and message), so its shape follows the kubelet
+of Kubernetes 1.31: the PodReadyToStartContainers/Initialized/Ready/ContainersReady
+conditions with their reasons, `lastTransitionTime` moving only on a change, and the
+kubelet never overwriting what others own (PodScheduled from the scheduler, a terminal
+phase and DisruptionTarget written by pod GC).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.kube.store import Obj, now_rfc3339
+
+TERMINAL = ("Succeeded", "Failed")
+NOT_KUBELETS = ("PodScheduled", "DisruptionTarget")
+
+
+@dataclass
+class Outcome:
+    """How a pod ended when something other than its containers ended it."""
+
+    reason: str
+    message: str
+    condition: dict[str, Any] | None = None  # e.g. DisruptionTarget for evictions
+
+
+def disruption(reason: str, message: str) -> dict[str, Any]:
+    return {
+        "type": "DisruptionTarget",
+        "status": "True",
+        "lastProbeTime": None,
+        "lastTransitionTime": now_rfc3339(),
+        "reason": reason,
+        "message": message,
+    }
+
+
+def image_id(image: str) -> str:
+    repository = image.split("@")[0]
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    return f"{repository}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
+
+
+def container_status(container: dict[str, Any], waiting: str) -> dict[str, Any]:
+    return {
+        "name": container["name"],
+        "image": container["image"],
+        "imageID": "",
+        "ready": False,
+        "restartCount": 0,
+        "started": False,
+        "state": {"waiting": {"reason": waiting}},
+    }
+
+
+@dataclass
+class PodStatus:
+    """The kubelet's view of one pod; `write()` merges it into the stored pod."""
+
+    spec: dict[str, Any]
+    ips: dict[str, Any]
+    phase: str = "Pending"
+    outcome: Outcome | None = None
+    sandbox_ready: bool = False
+    started_at: str = field(default_factory=now_rfc3339)
+    init: list[dict[str, Any]] = field(init=False)
+    main: list[dict[str, Any]] = field(init=False)
+    _transitions: dict[str, tuple[str, str]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        inits = self.spec.get("initContainers", [])
+        self.init = [container_status(c, "PodInitializing") for c in inits]
+        waiting = "PodInitializing" if inits else "ContainerCreating"
+        self.main = [container_status(c, waiting) for c in self.spec["containers"]]
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL
+
+    def _condition(self, kind: str, ok: bool, reason: str = "", message: str = "") -> dict:
+        status = "True" if ok else "False"
+        previous = self._transitions.get(kind)
+        if previous is None or previous[0] != status:
+            self._transitions[kind] = (status, now_rfc3339())
+        condition = {
+            "type": kind,
+            "status": status,
+            "lastProbeTime": None,
+            "lastTransitionTime": self._transitions[kind][1],
+        }
+        if not ok and reason:
+            condition.update(reason=reason, message=message)
+        return condition
+
+    def conditions(self) -> list[dict[str, Any]]:
+        incomplete = [
+            s["name"]
+            for s in self.init
+            if "terminated" not in s["state"] or s["state"]["terminated"]["exitCode"]
+        ]
+        unready = [s["name"] for s in self.main if not s["ready"]]
+        ready = not unready and not self.terminal
+        reason = {"Succeeded": "PodCompleted", "Failed": "PodFailed"}.get(
+            self.phase, "ContainersNotReady"
+        )
+        message = "" if self.terminal else f"containers with unready status: [{' '.join(unready)}]"
+        return [
+            self._condition("PodReadyToStartContainers", self.sandbox_ready),
+            self._condition(
+                "Initialized",
+                not incomplete,
+                "ContainersNotInitialized",
+                f"containers with incomplete status: [{' '.join(incomplete)}]",
+            ),
+            self._condition("Ready", ready, reason, message),
+            self._condition("ContainersReady", ready, reason, message),
+        ]
+
+    def write(self, pod: Obj) -> None:
+        """Merge into the stored pod (used with `Store.mutate`)."""
+        status = pod.setdefault("status", {})
+        if status.get("phase") in TERMINAL and status["phase"] != self.phase:
+            return  # somebody else (pod GC) already ended it
+        kept = [c for c in status.get("conditions", []) if c["type"] in NOT_KUBELETS]
+        if self.outcome is not None and self.outcome.condition is not None:
+            kept = [c for c in kept if c["type"] != "DisruptionTarget"]
+            kept.append(self.outcome.condition)
+        status.update(
+            self.ips,
+            phase=self.phase,
+            startTime=self.started_at,
+            conditions=self.conditions() + kept,
+            containerStatuses=self.main,
+        )
+        if self.init:
+            status["initContainerStatuses"] = self.init
+        if self.outcome is not None and self.phase == "Failed":
+            status.update(reason=self.outcome.reason, message=self.outcome.message)
