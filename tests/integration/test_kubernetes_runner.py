@@ -86,8 +86,13 @@ def cluster(tmp_path, builder_path):
         shared_claims={"multiarch-shared": tmp_path / "nfs"},
     ) as fake:
         yield fake
-        assert fake.jobs() == [], "a Job was left behind"
-        assert fake.pods() == [], "a pod was left behind"
+        assert_nothing_left(fake)
+
+
+def assert_nothing_left(cluster) -> None:
+    """Jobs are deleted with Background propagation: their pods go shortly after."""
+    assert cluster.jobs() == [], "a Job was left behind"
+    cluster.wait_for(lambda: cluster.pods() == [], timeout=15, what="pods to be deleted")
 
 
 def kube_runner_options(cluster, **extra) -> dict:
@@ -211,7 +216,7 @@ def test_no_arm64_node_fails_fast_with_a_clear_message(
         assert "kubernetes.io/arch=arm64" in message
         assert "add a node labelled kubernetes.io/arch=arm64" in message
         assert elapsed < 120
-        assert cluster.jobs() == [] and cluster.pods() == []
+        assert_nothing_left(cluster)
     assert tag_digest(f"{playground.address}/tests/kube-noarm:1") is None
 
 
@@ -311,6 +316,7 @@ def test_step_logs_arrive_in_order_without_repeats_across_a_dropped_stream(
         emit=lines.append,
     )
     assert image.digest.startswith("sha256:")
+    assert cluster.dropped_log_streams == 1, "the log stream was never dropped"
     started = [line.split()[2] for line in lines if line.startswith("[linux/amd64] step ")]
     assert started == ["prepare", "fetch", "checkout", "build", "export"]
     step_lines = [line for line in lines if line.startswith("[linux/amd64] [")]
@@ -369,7 +375,7 @@ def test_timeout_fails_the_build_and_deletes_the_job(cluster, playground, tmp_pa
         build(lambda line: None)
     assert time.monotonic() - started < 60
     assert "deadline" in str(failure.value) or "timed out" in str(failure.value)
-    assert cluster.jobs() == [] and cluster.pods() == []
+    assert_nothing_left(cluster)
 
 
 def test_cancellation_deletes_the_running_job(cluster, playground, tmp_path):
@@ -397,7 +403,7 @@ def test_cancellation_deletes_the_running_job(cluster, playground, tmp_path):
     worker.join(60)
     assert not worker.is_alive()
     assert outcome and isinstance(outcome[0], MultiarchError)
-    assert cluster.jobs() == [] and cluster.pods() == []
+    assert_nothing_left(cluster)
 
 
 def test_credentials_block_gives_cluster_access(cluster, prefect_server):
@@ -434,3 +440,34 @@ def test_missing_kubeconfig_is_a_configuration_error(tmp_path):
     options = KubernetesOptions(kubeconfig=str(tmp_path / "nope"))
     with pytest.raises(ConfigurationError, match=r"runner\.kubernetes\.kubeconfig"):
         kube_runner.preflight(options)
+
+
+def test_missing_builder_image_fails_at_once_with_a_hint(cluster, playground, tmp_path):
+    cluster.unpullable_images.add("registry.example.com/nope/builder:0")
+    context = make_repo(tmp_path / "repo2", CONTAINERFILE)
+    request = BuildRequest(
+        image=f"{playground.address}/tests/kube-nopull:1",
+        platforms=("linux/amd64",),
+        context=context,
+        insecure_registry=True,
+        runner=kube_runner_options(cluster, builder_image="registry.example.com/nope/builder:0"),
+    )
+    source = PinnedSource(
+        kind="git",
+        location=context,
+        ref="HEAD",
+        revision=git("rev-parse", "HEAD", cwd=tmp_path / "repo2"),
+    )
+    with pytest.raises(StepFailed) as failure:
+        kube_runner.build_platform_job(
+            request,
+            source,
+            Platform.parse("linux/amd64"),
+            run_id="nopull",
+            flow_run_id="nopull",
+            emit=lambda _: None,
+        )
+    message = str(failure.value)
+    assert "cannot pull its image (ImagePullBackOff)" in message
+    assert "builder_image" in message
+    assert_nothing_left(cluster)

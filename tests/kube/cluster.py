@@ -297,6 +297,11 @@ class FakeCluster:
         """The next follow stream that has sent `after_lines` lines loses its connection."""
         self.call(lambda: self.server.logs.drop_once(after_lines))
 
+    @property
+    def dropped_log_streams(self) -> int:
+        """How many follow streams the drop hook has cut."""
+        return self.call(lambda: self.server.logs.dropped)
+
 
 def start_fake_cluster(
     tmp_path: Path,

@@ -78,6 +78,7 @@ class LogStore:
     def __init__(self) -> None:
         self._logs: dict[tuple[str, str, str], ContainerLog] = {}
         self._drop_after: int | None = None
+        self.dropped = 0  # follow streams cut by the drop hook so far
 
     def open(self, namespace: str, pod: str, container: str) -> ContainerLog:
         log = self._logs[(namespace, pod, container)] = ContainerLog()
@@ -106,6 +107,7 @@ class LogStore:
     def should_drop(self, sent_lines: int) -> bool:
         if self._drop_after is not None and sent_lines >= self._drop_after:
             self._drop_after = None
+            self.dropped += 1
             return True
         return False
 
