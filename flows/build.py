@@ -7,14 +7,17 @@ platform fails, nothing is pushed and the failure names each platform and why.
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
-from prefect.utilities.annotations import unmapped
 from pydantic import ValidationError
 
 from multiarch.errors import ConfigurationError, MultiarchError
+from multiarch.platforms import Platform
 from multiarch.reporting import artifact_key, markdown_summary, platform_rows
 from multiarch.request import BuildRequest, RunnerOptions, describe_validation_error
 from multiarch.results import BuildResult, PlatformImage
@@ -61,9 +64,27 @@ def build_multiarch_image(
     target: str | None = None,
     allow_emulation: bool = False,
     insecure_registry: bool = False,
+    rebuild: str = "always",
     runner: RunnerOptions | None = None,
 ) -> BuildResult:
-    """Build `image` for every platform in parallel and publish one multi-arch index."""
+    """Build `image` for every platform in parallel and publish one multi-arch index.
+
+    Args:
+        image: Push target, registry/repository[:tag] (the registry host is required).
+        platforms: Target platforms, os/arch[/variant], e.g. linux/amd64, linux/arm64.
+        context: Build context: a local directory (local runner) or a git URL.
+        tags: More tags for the same index.
+        git_ref: Branch, tag or commit of a git context; pinned to one commit per run.
+        containerfile: Containerfile path relative to the context (default: buildah's lookup).
+        build_args: Build arguments (KEY: value); values reach buildah verbatim.
+        labels: Image labels.
+        target: Build stage to stop at.
+        allow_emulation: Build platforms this host cannot run natively under QEMU (local).
+        insecure_registry: Allow plain HTTP / unverified TLS for the registries of this build.
+        rebuild: `always`, or `if-changed` to skip when the tag already holds the same source
+            revision, Containerfile and build args, and base image digests.
+        runner: Where builds run (`local` or `kubernetes`) and how; see docs/kubernetes.md.
+    """
     logger = get_run_logger()
     request = validate_request(
         image=image,
@@ -77,19 +98,21 @@ def build_multiarch_image(
         target=target,
         allow_emulation=allow_emulation,
         insecure_registry=insecure_registry,
+        rebuild=rebuild,
         runner=runner or RunnerOptions(),
     )
+    tag_flow_run(request)
     for note in preflight(request):
         logger.info(note)
     source = pin_source_task(request)
     dirs = run_dirs(request, run_id=str(runtime.flow_run.id or "local").replace("-", ""))
-    builds = build_platform_task.map(
-        request=unmapped(request),
-        source=unmapped(source),
-        platform=list(request.platforms),
-        dirs=unmapped(dirs),
-    )
-    images = collect_images(list(builds))
+    limited = limited_arch_tags(request.platforms)
+    builds = [
+        build_platform_task.with_options(tags=[arch_tag(p)] if arch_tag(p) in limited else [])
+        .submit(request, source, p, dirs)
+        for p in request.platforms
+    ]
+    images = collect_images(builds)
     result = publish_task(request, source, images, dirs)
     key = artifact_key(result)
     create_table_artifact(
@@ -104,6 +127,48 @@ def build_multiarch_image(
     )
     logger.info(f"published {result.pull_reference} as tags {', '.join(result.tags)}")
     return result
+
+
+def run_tags(request: BuildRequest) -> list[str]:
+    """Searchable in the UI: which image, which platforms."""
+    return [f"image:{request.image.repository}",
+            *(f"platform:{platform}" for platform in request.platforms)]
+
+
+def tag_flow_run(request: BuildRequest) -> None:
+    flow_run = runtime.flow_run
+    if flow_run.id is None:
+        return
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(UUID(str(flow_run.id)),
+                               tags=sorted({*flow_run.tags, *run_tags(request)}))
+
+
+def arch_tag(platform: Platform) -> str:
+    """The tag (and task concurrency limit) of a platform's builds: `arch-arm64`.
+
+    Small native nodes must not be flooded: `prefect concurrency-limit create arch-arm64 1`
+    lets one arm64 build run at a time across every flow run; without a limit, no limit.
+    """
+    return f"arch-{platform.architecture}"
+
+
+def limited_arch_tags(platforms: tuple[Platform, ...]) -> set[str]:
+    """The `arch-*` tags that have a concurrency limit on the server.
+
+    Only those are put on build tasks: every tagged task run takes a lease on the server,
+    and with SQLite those leases contend and delay unrelated builds (measured: parallel
+    builds started up to 3 s apart), so an unlimited architecture stays untagged.
+    """
+    limited = set()
+    with get_client(sync_client=True) as client:
+        for tag in {arch_tag(p) for p in platforms}:
+            try:
+                client.read_concurrency_limit_by_tag(tag)
+            except ObjectNotFound:
+                continue
+            limited.add(tag)
+    return limited
 
 
 def validate_request(**fields: Any) -> BuildRequest:

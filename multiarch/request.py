@@ -86,6 +86,11 @@ class BuildRequest(BaseModel):
     insecure_registry: bool = Field(
         False, description="Skip TLS verification (plain HTTP allowed) for registries."
     )
+    rebuild: Literal["always", "if-changed"] = Field(
+        "always",
+        description="always: build every run; if-changed: skip when the tag already holds "
+        "this source revision, Containerfile/build args and base image digests.",
+    )
     runner: RunnerOptions = Field(default_factory=RunnerOptions)
 
     @field_validator("platforms")
