@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from multiarch.errors import ConfigurationError, MultiarchError
 from multiarch.platforms import Platform
+from multiarch.rebuild import Decision, published_result
 from multiarch.reporting import artifact_key, markdown_summary, platform_rows
 from multiarch.request import BuildRequest, RunnerOptions, describe_validation_error
 from multiarch.results import BuildResult, PlatformImage
@@ -25,6 +26,7 @@ from multiarch.runners.dispatch import preflight, stop_everything
 from multiarch.runners.local import run_dirs
 from tasks.build import build_platform_task
 from tasks.publish import publish_task
+from tasks.rebuild import check_changes_task
 from tasks.source import pin_source_task
 
 
@@ -105,6 +107,9 @@ def build_multiarch_image(
     for note in preflight(request):
         logger.info(note)
     source = pin_source_task(request)
+    wanted, decision = check_changes_task(request, source)
+    if request.rebuild == "if-changed" and decision.up_to_date and decision.index_digest:
+        return report_up_to_date(request, decision)
     dirs = run_dirs(request, run_id=str(runtime.flow_run.id or "local").replace("-", ""))
     limited = limited_arch_tags(request.platforms)
     builds = [
@@ -113,7 +118,7 @@ def build_multiarch_image(
         for p in request.platforms
     ]
     images = collect_images(builds)
-    result = publish_task(request, source, images, dirs)
+    result = publish_task(request, source, images, dirs, annotations=wanted.annotations())
     key = artifact_key(result)
     create_table_artifact(
         key=f"{key}-platforms",
@@ -126,6 +131,21 @@ def build_multiarch_image(
         description=f"Published {result.image}",
     )
     logger.info(f"published {result.pull_reference} as tags {', '.join(result.tags)}")
+    return result
+
+
+def report_up_to_date(request: BuildRequest, decision: Decision) -> BuildResult:
+    """Nothing changed: say so, and why, and return what the registry already holds."""
+    assert decision.index_digest is not None
+    result = published_result(request, decision.index_digest)
+    reasons = "\n".join(f"- {reason}" for reason in decision.reasons)
+    create_markdown_artifact(
+        key=f"{artifact_key(result)}-summary",
+        markdown=f"# `{request.image}` is up to date\n\nNo build ran: the tag already holds "
+        f"`{decision.index_digest}` built from the same inputs.\n\n{reasons}\n",
+        description=f"{request.image} up to date",
+    )
+    get_run_logger().info(f"up to date: {request.image} is {decision.index_digest}; no build ran")
     return result
 
 

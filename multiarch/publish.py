@@ -43,16 +43,13 @@ def publish_request(
     *,
     index_dir: Path,
     emit: Callable[[str], None],
+    annotations: Mapping[str, str] | None = None,
 ) -> BuildResult:
     """Publish a request's images under all of its tags."""
     return publish_images(
-        images,
-        image=request.image,
-        tags=request.all_tags,
-        source=source,
-        index_dir=index_dir,
-        insecure=request.insecure_registry,
-        emit=emit,
+        images, image=request.image, tags=request.all_tags, source=source,
+        index_dir=index_dir, insecure=request.insecure_registry, emit=emit,
+        annotations=annotations,
     )
 
 
@@ -126,6 +123,7 @@ class PublishSpec(BaseModel):
     images: tuple[PlatformImage, ...]
     index_dir: str
     cleanup_dir: str | None = None  # the run's handoff directory, removed once verified
+    annotations: dict[str, str] = {}  # extra index annotations (the rebuild fingerprint)
 
 
 def publish_spec_step(spec: PublishSpec, *, result_file: str) -> Step:
@@ -141,6 +139,7 @@ def publish_from_spec(spec: PublishSpec, *, emit: Callable[[str], None]) -> Buil
     result = publish_images(
         spec.images, image=spec.image, tags=spec.tags, source=spec.source,
         index_dir=Path(spec.index_dir), insecure=spec.insecure, emit=emit,
+        annotations=spec.annotations,
     )
     if spec.cleanup_dir:
         shutil.rmtree(spec.cleanup_dir, ignore_errors=True)

@@ -40,6 +40,7 @@ class BuildResult(BaseModel):
     index_digest: str
     tags: list[str]
     platforms: list[PlatformSummary]
+    up_to_date: bool = False  # rebuild: if-changed found nothing to do; nothing was built
 
     @property
     def pull_reference(self) -> str:

@@ -8,6 +8,7 @@ that touches the cluster).
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 from multiarch.platforms import Platform
 from multiarch.publish import publish_request
@@ -38,14 +39,16 @@ def build(request: BuildRequest, source: PinnedSource, platform: Platform, *, di
 
 
 def publish(request: BuildRequest, source: PinnedSource, images: list[PlatformImage], *,
-            dirs: RunDirs, flow_run_id: str, log: LineLogger) -> BuildResult:
+            dirs: RunDirs, flow_run_id: str, log: LineLogger,
+            annotations: Mapping[str, str] | None = None) -> BuildResult:
     if request.runner.kind == "kubernetes":
         from multiarch.runners import kubernetes
 
         return kubernetes.publish_job_run(request, source, images, run_id=dirs.run_id,
-                                          flow_run_id=flow_run_id, emit=log.info)
+                                          flow_run_id=flow_run_id, emit=log.info,
+                                          annotations=annotations)
     result = publish_request(request, source, images, index_dir=dirs.run_shared / "index",
-                             emit=log.info)
+                             emit=log.info, annotations=annotations)
     if not request.runner.keep_shared:
         local.remove_run_shared(dirs)
     return result

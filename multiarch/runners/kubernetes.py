@@ -430,20 +430,21 @@ def build_platform_job(request: BuildRequest, source: PinnedSource, platform: Pl
 
 
 def publish_spec(request: BuildRequest, source: PinnedSource, images: list[PlatformImage], *,
-                 run_id: str) -> PublishSpec:
+                 run_id: str, annotations: Mapping[str, str] | None = None) -> PublishSpec:
     return PublishSpec(image=request.image, tags=request.all_tags,
                        insecure=request.insecure_registry, source=source, images=tuple(images),
                        index_dir=f"{SHARED_MOUNT}/{run_id}/index",
                        cleanup_dir=None if request.runner.keep_shared
-                       else f"{SHARED_MOUNT}/{run_id}")
+                       else f"{SHARED_MOUNT}/{run_id}", annotations=dict(annotations or {}))
 
 
 def publish_job_run(request: BuildRequest, source: PinnedSource, images: list[PlatformImage],
-                    *, run_id: str, flow_run_id: str, emit: Emit) -> BuildResult:
+                    *, run_id: str, flow_run_id: str, emit: Emit,
+                    annotations: Mapping[str, str] | None = None) -> BuildResult:
     """Publish inside the cluster, where the shared volume is; the result comes back as the
     container's termination message."""
     options = request.runner.kubernetes
-    spec = publish_spec(request, source, images, run_id=run_id)
+    spec = publish_spec(request, source, images, run_id=run_id, annotations=annotations)
     step = publish_spec_step(spec, result_file=TERMINATION_LOG)
     manifest = publish_job(step, options=options, flow_run_id=flow_run_id,
                            image_name=request.image.name, timeout_s=PUBLISH_TIMEOUT_S,

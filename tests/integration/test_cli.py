@@ -55,7 +55,8 @@ def test_build_prints_one_json_object_matching_the_registry(playground, prefect_
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
-    assert set(result) == {"image", "index_digest", "tags", "platforms"}
+    assert set(result) == {"image", "index_digest", "tags", "platforms", "up_to_date"}
+    assert result["up_to_date"] is False
     assert result["image"] == image
     assert result["tags"] == ["1.0", "stable"]
     assert [p["platform"] for p in result["platforms"]] == ["linux/amd64", "linux/arm64"]

@@ -95,6 +95,7 @@ def test_mapped_build_tasks_and_publish_are_visible_in_prefect(published):
     _, flow_run_id, _ = published
     assert task_runs(flow_run_id) == {
         "pin source": "Completed",
+        "check for changes": "Completed",
         "build linux/amd64": "Completed",
         "build linux/arm64": "Completed",
         "publish": "Completed",

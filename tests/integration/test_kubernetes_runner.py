@@ -162,6 +162,7 @@ def test_flow_publishes_a_two_platform_index_through_jobs(
     flow_run_id = state.state_details.flow_run_id
     assert task_runs(flow_run_id) == {
         "pin source": "Completed",
+        "check for changes": "Completed",
         "build linux/amd64": "Completed",
         "build linux/arm64": "Completed",
         "publish": "Completed",

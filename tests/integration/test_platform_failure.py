@@ -79,6 +79,10 @@ def test_a_deterministic_failure_is_not_retried(playground, prefect_server, tmp_
     )
     assert state.is_failed()
     flow_run_id = state.state_details.flow_run_id
-    assert task_runs(flow_run_id) == {"pin source": "Completed", "build linux/arm64": "Failed"}
+    assert task_runs(flow_run_id) == {
+        "pin source": "Completed",
+        "check for changes": "Completed",
+        "build linux/arm64": "Failed",
+    }
     assert task_run_counts(flow_run_id)["build linux/arm64"] == 1
     assert tag_digest(f"{playground.address}/tests/noretry:latest") is None
