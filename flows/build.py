@@ -19,7 +19,13 @@ from pydantic import ValidationError
 from multiarch.errors import ConfigurationError, MultiarchError
 from multiarch.platforms import Platform
 from multiarch.rebuild import Decision, published_result
-from multiarch.reporting import artifact_key, markdown_summary, platform_rows
+from multiarch.reporting import (
+    artifact_key,
+    artifact_key_for,
+    failure_markdown,
+    markdown_summary,
+    platform_rows,
+)
 from multiarch.request import BuildRequest, RunnerOptions, describe_validation_error
 from multiarch.results import BuildResult, PlatformImage
 from multiarch.runners.dispatch import preflight, stop_everything
@@ -117,7 +123,7 @@ def build_multiarch_image(
         .submit(request, source, p, dirs)
         for p in request.platforms
     ]
-    images = collect_images(builds)
+    images = collect_images(builds, request=request)
     result = publish_task(request, source, images, dirs, annotations=wanted.annotations())
     key = artifact_key(result)
     create_table_artifact(
@@ -199,23 +205,28 @@ def validate_request(**fields: Any) -> BuildRequest:
         raise ConfigurationError(f"invalid build request: {reason}") from exc
 
 
-def collect_images(futures: list[PrefectFuture[PlatformImage]]) -> list[PlatformImage]:
+def collect_images(futures: list[PrefectFuture[PlatformImage]], *,
+                   request: BuildRequest) -> list[PlatformImage]:
     """Wait for every platform; raise one error listing each failed platform and why."""
     images: list[PlatformImage] = []
-    failures: list[str] = []
-    for future in futures:
+    failures: list[tuple[str, BaseException | str]] = []
+    for platform, future in zip(request.platforms, futures, strict=True):
         future.wait()
         state = future.state
         if state.is_completed():
             images.append(future.result())
             continue
         reason = state.result(raise_on_failure=False)
-        failures.append(
-            str(reason) if isinstance(reason, BaseException) else (state.message or state.name)
-        )
+        failures.append((str(platform), reason if isinstance(reason, BaseException)
+                         else (state.message or state.name)))
     if failures:
+        create_markdown_artifact(
+            key=f"{artifact_key_for(request.image.name)}-failure",
+            markdown=failure_markdown(str(request.image), failures),
+            description=f"{request.image} failed",
+        )
         raise PlatformsFailed(
             f"{len(failures)} of {len(futures)} platforms failed, nothing was published: "
-            + "; ".join(failures)
+            + "; ".join(str(reason) for _, reason in failures)
         )
     return images

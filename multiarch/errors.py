@@ -32,6 +32,16 @@ class StepFailure(MultiarchError):
         self.exit_code = exit_code
         self.tail = tail
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # keyword-only arguments do not survive the default exception pickling, and Prefect
+        # may persist a failed task's exception
+        return (_restore, (type(self), str(self), self.step, self.exit_code, self.tail))
+
+
+def _restore(cls: type[StepFailure], message: str, step: str, exit_code: int | None,
+             tail: list[str]) -> StepFailure:
+    return cls(message, step=step, exit_code=exit_code, tail=tail)
+
 
 class StepFailed(StepFailure, PermanentError):
     """A step failed for a reason that will not go away by retrying (a RUN exiting 1)."""

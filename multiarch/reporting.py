@@ -56,6 +56,32 @@ def text_table(result: BuildResult) -> str:
 
 
 def artifact_key(result: BuildResult) -> str:
+    return artifact_key_for(result.image)
+
+
+def artifact_key_for(image: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
-    cleaned = "".join(c if c.isalnum() else "-" for c in result.image.rsplit("/", 1)[-1].lower())
+    last = image.rsplit("/", 1)[-1].lower()
+    cleaned = "".join(c if c.isascii() and c.isalnum() else "-" for c in last)
     return cleaned.strip("-") or "image"
+
+
+def failure_markdown(image: str, failures: list[tuple[str, BaseException | str]]) -> str:
+    """Which platform failed, at which step, with its last log lines."""
+    lines = [f"# `{image}` was not published", "",
+             f"{len(failures)} platform(s) failed; nothing was pushed.", ""]
+    for platform, reason in failures:
+        step = getattr(reason, "step", None)
+        exit_code = getattr(reason, "exit_code", None)
+        lines.append(f"## {platform}")
+        lines.append(f"- step: `{step or '?'}`" + (f", exit code {exit_code}"
+                                                    if exit_code is not None else ""))
+        lines.append(f"- reason: {reason}")
+        tail = getattr(reason, "tail", None) or []
+        if tail:
+            lines += ["", "```", *tail[-TAIL_IN_REPORT:], "```"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+TAIL_IN_REPORT = 15

@@ -8,7 +8,7 @@ from flows.build import PlatformsFailed, build_multiarch_image
 from multiarch.pipeline import build_and_publish
 from multiarch.request import BuildRequest, RunnerOptions
 from tests.integration.conftest import EXAMPLE_HELLO, registry_files, tag_digest
-from tests.integration.prefect_queries import task_run_counts, task_runs
+from tests.integration.prefect_queries import artifact_data, task_run_counts, task_runs
 
 pytestmark = pytest.mark.integration
 
@@ -85,4 +85,8 @@ def test_a_deterministic_failure_is_not_retried(playground, prefect_server, tmp_
         "build linux/arm64": "Failed",
     }
     assert task_run_counts(flow_run_id)["build linux/arm64"] == 1
+    (report,) = [d for d in artifact_data(flow_run_id) if "was not published" in d]
+    assert "## linux/arm64" in report
+    assert "- step: `build`" in report
+    assert "this step does not support aarch64" in report  # the last log lines
     assert tag_digest(f"{playground.address}/tests/noretry:latest") is None

@@ -277,3 +277,17 @@ def test_cancellation_returns_promptly_and_reaps(monkeypatch: pytest.MonkeyPatch
     assert info.value is not None  # keep the traceback (and the Popen) alive, as a caller would
     assert elapsed < 2.0, f"cancellation took {elapsed:.1f} s (SIGTERM kills this step at once)"
     assert not Path(f"/proc/{lines[0]}").exists(), "the step's process was left a zombie"
+
+
+def test_step_failures_survive_pickling_with_their_details():
+    import pickle
+
+    from multiarch.errors import StepFailed, TransientStepFailure
+
+    for cls in (StepFailed, TransientStepFailure):
+        original = cls("[linux/arm64]: step build exited with 7", step="build", exit_code=7,
+                       tail=["a", "b"])
+        copy = pickle.loads(pickle.dumps(original))
+        assert type(copy) is cls
+        assert (str(copy), copy.step, copy.exit_code, copy.tail) == (
+            str(original), "build", 7, ["a", "b"])
