@@ -1,0 +1,55 @@
+"""The benchmark harness on a tiny input: it runs end to end and writes well-formed results.
+
+Benchmarks report, they do not assert timings: only that numbers exist and are positive.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import report
+from bench.harness import Settings
+from bench.run import run_benches
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_harness_writes_results(
+    playground: object, prefect_server: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        work=tmp_path / "work", quick=True, reps=1, warmup=0, sizes_mb=(2,),
+        b2_cases=("small",), b3_loops=1000,
+    )
+    settings.work.mkdir()
+    results = run_benches(
+        settings, base=playground.base, registry=playground.address,  # type: ignore[attr-defined]
+        with_prefect=False,
+    )
+    paths = report.write_all(tmp_path / "results", results)
+
+    data = json.loads(paths["json"].read_text())
+    assert {"machine", "settings", "b1", "b2", "b3"} <= data.keys()
+    assert data["machine"]["cores"] > 0
+    assert "buildah" in data["machine"]["buildah"]
+    size = data["b1"]["sizes"][0]
+    for variant in ("original", "ours"):
+        for key in ("export_s", "publish_s", "shared_bytes", "registry_bytes"):
+            assert size[variant][key]["median"] > 0, (variant, key)
+    assert size["ours"]["compressed_bytes"] > 0
+    assert all(value > 0 for value in size["ratio_original_over_ours"].values())
+    for case in data["b2"]["cases"]:
+        assert case["flow_s"]["median"] > 0 and case["bare_s"]["median"] > 0
+        assert case["ratio_flow_over_bare"] > 0
+    assert data["b2"]["noop_flow_s"]["median"] > 0
+    assert data["b3"]["native_amd64_s"]["median"] > 0
+    assert data["b3"]["ratio_emulated_over_native"] > 0
+
+    markdown = paths["md"].read_text()
+    for heading in ("## B1", "## B2", "## B3", "original/ours", "flow/bare", "emulated/native"):
+        assert heading in markdown
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "work").glob("b*/store-*")), "scratch stores were left behind"
