@@ -7,13 +7,16 @@ PORT ?= 5000
 REGISTRY := 127.0.0.1:$(PORT)
 PYTHON ?= python3
 
-.PHONY: help deps venv up down demo test lint format clean
+.PHONY: help deps venv up down demo test lint format clean serve stop bench
 
 help:
 	@echo "make demo   - install what is missing, start a local registry, build examples/hello for amd64+arm64"
 	@echo "make test   - lint and run every test (unit + integration)"
 	@echo "make up     - local registry, QEMU emulation and the offline base image only"
 	@echo "make down   - stop the local registry"
+	@echo "make serve  - make up, then a Prefect server + UI on 127.0.0.1:4200, work pools, a worker, the deployments"
+	@echo "make stop   - stop the Prefect server and worker of make serve (the registry keeps running)"
+	@echo "make bench  - benchmarks B1-B3 -> bench/results/latest.{json,md,png} (BENCH_QUICK=1: tiny run)"
 	@echo "make clean  - stop and delete $(STATE)/ and $(VENV)/"
 
 deps:
@@ -43,11 +46,27 @@ test: deps venv
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+bench: deps venv
+	-$(BIN)/pip install -q matplotlib
+	PYTHONPATH=. $(BIN)/python -m bench.run
+
 lint: venv
 	$(BIN)/ruff check .
 
 format: venv
 	$(BIN)/ruff format multiarch flows tasks tests
+
+# Prefect server, work pools, concurrency limits (ARM64_LIMIT=, AMD64_LIMIT=), a process
+# worker and prefect.yaml's deployments; state and logs under $(STATE)/ (scripts/serve).
+serve: export MULTIARCH_STATE_DIR ?= $(abspath $(STATE))
+serve: export MULTIARCH_REGISTRY_PORT = $(PORT)
+serve: export PREFECT_BIN ?= $(abspath $(BIN))/prefect
+serve: up
+	@scripts/serve
+
+stop: export MULTIARCH_STATE_DIR ?= $(abspath $(STATE))
+stop:
+	@scripts/stop
 
 down:
 	-$(BIN)/multiarch local down --state-dir $(STATE)

@@ -1,0 +1,184 @@
+"""The deployments as an operator runs them: `scripts/serve`, `prefect deploy`, a worker.
+
+One real Prefect server (SQLite) and one process worker for the module, started by the same
+script as `make serve`, on a free port with all state under a temporary directory, and
+stopped by the same script as `make stop`. The registry and the base image come from the
+integration tests' `playground` fixture (declared again here, so it is visible to
+tests/e2e; in a full run it is a second, independent instance).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from multiarch.localenv.registry import free_port
+from tests.integration import conftest as integration
+from tests.integration.conftest import REPO_ROOT, Playground
+
+# Re-declared: the fixtures of tests/integration/conftest.py are not visible in tests/e2e.
+playground = integration.playground
+
+SERVE = REPO_ROOT / "scripts" / "serve"
+STOP = REPO_ROOT / "scripts" / "stop"
+PREFECT = Path(sys.executable).parent / "prefect"
+SERVE_TIMEOUT_S = 600
+RUN_TIMEOUT_S = 900
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A Prefect server and worker started by scripts/serve, and how to reach them."""
+
+    state_dir: Path
+    port: int
+    env: dict[str, str]
+    serve_output: str
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state_dir / "prefect"
+
+    def prefect(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """The prefect CLI against this server, from the repository root."""
+        return subprocess.run(
+            [str(PREFECT), "--no-prompt", *args],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        with httpx.Client(base_url=self.api_url, timeout=30, trust_env=False) as client:
+            response = client.request(method, path, json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def flow_run(self, flow_run_id: str) -> dict[str, Any]:
+        return self.api("GET", f"/flow_runs/{flow_run_id}")
+
+    def task_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
+        return self.api("POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        return self.api("GET", f"/deployments/name/build-multiarch-image/{name}")
+
+    def wait_for(self, flow_run_ids: list[str], timeout_s: float = RUN_TIMEOUT_S) -> list[dict]:
+        """Poll until every flow run is in a terminal state; return them in order."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            runs = [self.flow_run(run_id) for run_id in flow_run_ids]
+            if all(run["state"]["type"] in TERMINAL for run in runs):
+                return runs
+            if time.monotonic() > deadline:
+                states = {run["id"]: run["state"]["type"] for run in runs}
+                pytest.fail(f"flow runs not finished after {timeout_s} s: {states}\n{self.logs()}")
+            time.sleep(2)
+
+    def logs(self) -> str:
+        """The last lines of the worker and server logs, for failure messages."""
+        parts = []
+        for name in ("worker", "server"):
+            path = self.state_dir / "serve" / f"{name}.log"
+            lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+            parts.append(f"--- {path} (last 40 lines)\n" + "\n".join(lines[-40:]))
+        return "\n".join(parts)
+
+
+def run_deployment(
+    stack: Stack, deployment: str, params: dict[str, Any], *, watch: bool
+) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """`prefect deployment run` with one --param per parameter (JSON values)."""
+    args = ["deployment", "run", f"build-multiarch-image/{deployment}"]
+    for name, value in params.items():
+        args += ["--param", f"{name}={json.dumps(value)}"]
+    if watch:
+        args += ["--watch", "--watch-interval", "2", "--watch-timeout", str(RUN_TIMEOUT_S)]
+    done = stack.prefect(*args, timeout=RUN_TIMEOUT_S + 60)
+    found = re.search(r"UUID: ([0-9a-f-]{36})", done.stdout)
+    assert found, f"no flow run created: {done.stdout}\n{done.stderr}"
+    return found.group(1), done
+
+
+def timestamp(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def processes_with_home(prefect_home: Path) -> list[str]:
+    """Processes started for this stack (they all carry its PREFECT_HOME)."""
+    marker = f"PREFECT_HOME={prefect_home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if marker in environ and state not in {"Z", "X"}:
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+# Module scope: stopped as soon as these tests are done, not left polling while the rest
+# of the suite runs on the same (small) machine.
+@pytest.fixture(scope="module")
+def stack(playground: Playground, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state_dir = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    env = {
+        **os.environ,
+        "MULTIARCH_STATE_DIR": str(state_dir),
+        "MULTIARCH_WORK_DIR": str(state_dir / "work"),
+        "PREFECT_PORT": str(port),
+        "PREFECT_BIN": str(PREFECT),
+        "MULTIARCH_REGISTRY_PORT": str(playground.registry.port),
+        "ARM64_LIMIT": "1",
+        "AMD64_LIMIT": "2",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",  # pick runs up sooner than the default 10 s
+        "PREFECT_HOME": str(state_dir / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+    }
+    try:
+        done = subprocess.run(
+            [str(SERVE)],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=SERVE_TIMEOUT_S,
+            check=False,
+        )
+        stack = Stack(state_dir=state_dir, port=port, env=env, serve_output=done.stdout)
+        assert done.returncode == 0, f"scripts/serve failed:\n{done.stdout}\n{done.stderr}"
+        yield stack
+    finally:
+        stopped = subprocess.run(
+            [str(STOP)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        left = processes_with_home(state_dir / "prefect")
+        assert stopped.returncode == 0, f"scripts/stop failed:\n{stopped.stdout}{stopped.stderr}"
+        assert not left, "processes left behind by scripts/stop:\n" + "\n".join(left)
+        assert not list((state_dir / "serve").glob("*.pid")), "pid files left behind"
