@@ -124,7 +124,8 @@ def build_multiarch_image(
         for p in request.platforms
     ]
     images = collect_images(builds, request=request)
-    result = publish_task(request, source, images, dirs, annotations=wanted.annotations())
+    annotations = wanted.annotations() if wanted else None
+    result = publish_task(request, source, images, dirs, annotations=annotations)
     key = artifact_key(result)
     create_table_artifact(
         key=f"{key}-platforms",
