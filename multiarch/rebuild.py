@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from multiarch.platforms import Platform
 from multiarch.registry import RegistryTarget, fetch_manifest, manifest_digest
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformSummary
-from multiarch.source import PinnedSource
+from multiarch.source import PinnedSource, run_git
 
 INPUTS_ANNOTATION = "dev.multiarch.inputs.digest"
 BASES_ANNOTATION = "dev.multiarch.bases"
@@ -136,19 +135,15 @@ def read_containerfile(request: BuildRequest, source: PinnedSource) -> str:
 def _containerfile_from_git(source: PinnedSource, names: tuple[str, ...]) -> str:
     """Fetch commits and trees only, then the one blob (a blobless clone)."""
     with tempfile.TemporaryDirectory(prefix="multiarch-cf-") as scratch:
-        clone = subprocess.run(
-            ["git", "clone", "--quiet", "--no-checkout", "--filter=blob:none", "--",
-             source.location, scratch], capture_output=True, text=True, timeout=300,
-            check=False, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-        )
-        if clone.returncode != 0:
-            raise MultiarchError(f"reading the Containerfile from {source.location} failed: "
-                                 f"{clone.stderr.strip()[-300:]}")
+        run_git(["git", "clone", "--quiet", "--no-checkout", "--filter=blob:none", "--",
+                 source.location, scratch],
+                what=f"reading the Containerfile from {source.location}", timeout_s=300)
         for name in names:
-            shown = subprocess.run(["git", "-C", scratch, "show", f"{source.revision}:{name}"],
-                                   capture_output=True, text=True, timeout=120, check=False)
-            if shown.returncode == 0:
-                return shown.stdout
+            try:
+                return run_git(["git", "-C", scratch, "show", f"{source.revision}:{name}"],
+                               what=f"reading {name}")
+            except ConfigurationError:
+                continue  # not at this path: try the next name
     raise ConfigurationError(f"containerfile: none of {', '.join(names)} at {source.revision}")
 
 

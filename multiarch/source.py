@@ -57,7 +57,7 @@ def resolve_git_ref(url: str, ref: str) -> str:
     """Resolve a branch or tag to a commit with `git ls-remote`; a full SHA is kept as is."""
     if COMMIT_RE.match(ref):
         return ref
-    output = _git(["git", "ls-remote", "--", url, ref], what=f"listing refs of {url}")
+    output = run_git(["git", "ls-remote", "--", url, ref], what=f"listing refs of {url}")
     refs: dict[str, str] = {}
     for line in output.splitlines():
         sha, _, name = line.partition("\t")
@@ -102,20 +102,22 @@ def local_revision(directory: Path) -> str | None:
     return head.stdout.strip() or None
 
 
-def _git(argv: list[str], *, what: str) -> str:
+def run_git(argv: list[str], *, what: str, timeout_s: int = GIT_TIMEOUT_S) -> str:
+    """Run git without prompts; failures become ConfigurationError or, when they look
+    passing (network), TransientError, with git's last line in the message."""
     try:
         done = subprocess.run(
             argv,
             capture_output=True,
             text=True,
-            timeout=GIT_TIMEOUT_S,
+            timeout=timeout_s,
             check=False,
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
         )
     except FileNotFoundError as exc:
         raise ConfigurationError("git is not installed: install Debian package git") from exc
     except subprocess.TimeoutExpired as exc:
-        raise TransientError(f"{what} timed out after {GIT_TIMEOUT_S}s") from exc
+        raise TransientError(f"{what} timed out after {timeout_s}s") from exc
     if done.returncode != 0:
         reason = done.stderr.strip().splitlines()[-1:] or ["no output"]
         message = f"{what} failed: {reason[0]}"

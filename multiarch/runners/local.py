@@ -47,8 +47,13 @@ class RunDirs:
         """The run's handoff directory: one OCI layout per platform, then the index."""
         return self.shared / self.run_id
 
+    @property
+    def run_scratch(self) -> Path:
+        """The run's local scratch space: one directory per platform below it."""
+        return self.work / "builds" / self.run_id
+
     def platform_paths(self, platform: Platform) -> PlanPaths:
-        scratch = self.work / "builds" / self.run_id / platform.slug
+        scratch = self.scratch(platform)
         return PlanPaths(
             checkout=str(scratch / "src"),
             storage_root=str(scratch / "storage" / "root"),
@@ -57,7 +62,7 @@ class RunDirs:
         )
 
     def scratch(self, platform: Platform) -> Path:
-        return self.work / "builds" / self.run_id / platform.slug
+        return self.run_scratch / platform.slug
 
 
 def run_dirs(request: BuildRequest, run_id: str) -> RunDirs:
@@ -143,7 +148,7 @@ def build_platform(
 def remove_run_shared(dirs: RunDirs) -> None:
     """Drop the run's handoff directory once its index is published and verified."""
     shutil.rmtree(dirs.run_shared, ignore_errors=True)
-    shutil.rmtree(dirs.work / "builds" / dirs.run_id, ignore_errors=True)
+    shutil.rmtree(dirs.run_scratch, ignore_errors=True)
 
 
 def remove_scratch(path: Path) -> None:
