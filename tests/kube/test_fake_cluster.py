@@ -19,6 +19,7 @@ import pytest
 import urllib3
 from kubernetes import client, config, watch
 
+from multiarch.localenv.busybox import prepare_busybox_context
 from tests.kube.cluster import FakeCluster, NodeSpec, Taint, start_fake_cluster
 
 pytestmark = pytest.mark.integration
@@ -583,7 +584,10 @@ def test_buildah_overlay_storage_on_an_empty_dir(
 ):
     context = tmp_path / "nfs" / "context"
     context.mkdir(parents=True)
-    shutil.copy("/bin/busybox", context / "busybox")
+    # the project's own busybox (Debian's busybox-static, fetched by apt), never the host's
+    binaries = prepare_busybox_context(dest=tmp_path / "busybox", cache_dir=tmp_path / "debs",
+                                       arches=("amd64",))
+    shutil.copy(binaries / "busybox-amd64", context / "busybox")
     (context / "Containerfile").write_text(
         "FROM scratch\nCOPY busybox /bin/busybox\n"
         'RUN ["/bin/busybox", "sh", "-c", "/bin/busybox uname -m > /arch"]\n'
