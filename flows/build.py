@@ -6,16 +6,22 @@ platform fails, nothing is pushed and the failure names each platform and why.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, TerminationSignal
 from prefect.futures import PrefectFuture
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Cancelled, State
 from pydantic import ValidationError
 
+from flows.guard import raise_if_cancelling, signal_name, watch_for_cancellation
 from multiarch.errors import ConfigurationError, MultiarchError
 from multiarch.platforms import Platform
 from multiarch.rebuild import Decision, published_result
@@ -28,12 +34,17 @@ from multiarch.reporting import (
 )
 from multiarch.request import BuildRequest, RunnerOptions, describe_validation_error
 from multiarch.results import BuildResult, PlatformImage
-from multiarch.runners.dispatch import preflight, stop_everything
-from multiarch.runners.local import run_dirs
+from multiarch.runclaim import RunRecord, claim_run, sweep
+from multiarch.runners.dispatch import cleanup_run, preflight, stop_everything
+from multiarch.runners.local import RunDirs, run_dirs
 from tasks.build import build_platform_task
 from tasks.publish import publish_task
 from tasks.rebuild import check_changes_task
 from tasks.source import pin_source_task
+
+# The CLI sets this to the pid of the temporary Prefect server it started, so that a sweep
+# can stop that server should the CLI be killed.
+TEMP_SERVER_PID_ENV = "MULTIARCH_TEMP_SERVER_PID"
 
 
 class PlatformsFailed(MultiarchError):
@@ -74,7 +85,7 @@ def build_multiarch_image(
     insecure_registry: bool = False,
     rebuild: str = "always",
     runner: RunnerOptions | None = None,
-) -> BuildResult:
+) -> BuildResult | State:
     """Build `image` for every platform in parallel and publish one multi-arch index.
 
     Args:
@@ -93,7 +104,6 @@ def build_multiarch_image(
             revision, Containerfile and build args, and base image digests.
         runner: Where builds run (`local` or `kubernetes`) and how; see docs/kubernetes.md.
     """
-    logger = get_run_logger()
     request = validate_request(
         image=image,
         platforms=platforms,
@@ -110,6 +120,15 @@ def build_multiarch_image(
         runner=runner or RunnerOptions(),
     )
     tag_flow_run(request)
+    try:
+        with watch_for_cancellation():
+            return build_and_publish(request)
+    except (TerminationSignal, KeyboardInterrupt) as exc:
+        return stop_and_cancel(exc)
+
+
+def build_and_publish(request: BuildRequest) -> BuildResult:
+    logger = get_run_logger()
     for note in preflight(request):
         logger.info(note)
     source = pin_source_task(request)
@@ -117,15 +136,19 @@ def build_multiarch_image(
     if request.rebuild == "if-changed" and decision.up_to_date and decision.index_digest:
         return report_up_to_date(request, decision)
     dirs = run_dirs(request, run_id=str(runtime.flow_run.id or "local").replace("-", ""))
-    limited = limited_arch_tags(request.platforms)
-    builds = [
-        build_platform_task.with_options(tags=[arch_tag(p)] if arch_tag(p) in limited else [])
-        .submit(request, source, p, dirs)
-        for p in request.platforms
-    ]
-    images = collect_images(builds, request=request)
-    annotations = wanted.annotations() if wanted else None
-    result = publish_task(request, source, images, dirs, annotations=annotations)
+    with claim_run(dirs.work, run_record(request, dirs)), removing_run_dirs(request, dirs):
+        for swept in sweep(dirs.work):
+            logger.info(f"swept what a dead run left: {swept}")
+        limited = limited_arch_tags(request.platforms)
+        builds = [
+            build_platform_task.with_options(tags=[arch_tag(p)] if arch_tag(p) in limited else [])
+            .submit(request, source, p, dirs)
+            for p in request.platforms
+        ]
+        images = collect_images(builds, request=request)
+        annotations = wanted.annotations() if wanted else None
+        raise_if_cancelling()
+        result = publish_task(request, source, images, dirs, annotations=annotations)
     key = artifact_key(result)
     create_table_artifact(
         key=f"{key}-platforms",
@@ -139,6 +162,46 @@ def build_multiarch_image(
     )
     logger.info(f"published {result.pull_reference} as tags {', '.join(result.tags)}")
     return result
+
+
+def stop_and_cancel(exc: BaseException) -> State:
+    """Cancelled, by a signal or through the API: stop every build, end the run Cancelled."""
+    stop_everything()
+    how = signal_name(exc)
+    message = f"cancelled ({how}): every build was stopped and nothing was published"
+    get_run_logger().warning(message)
+    return Cancelled(message=message)
+
+
+def run_record(request: BuildRequest, dirs: RunDirs) -> RunRecord:
+    """What a sweep must remove and close should this process die mid-run."""
+    keep_shared = request.runner.keep_shared or request.runner.kind != "local"
+    server_pid = os.environ.get(TEMP_SERVER_PID_ENV)
+    return RunRecord(
+        run_id=dirs.run_id,
+        pid=os.getpid(),
+        scratch=str(dirs.run_scratch),
+        shared=None if keep_shared else str(dirs.run_shared),
+        flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
+        api_url=PREFECT_API_URL.value(),
+        server_pid=int(server_pid) if server_pid else None,
+    )
+
+
+@contextlib.contextmanager
+def removing_run_dirs(request: BuildRequest, dirs: RunDirs) -> Iterator[None]:
+    """Whatever the outcome: build directories go, the handoff too unless kept.
+
+    Builds still running (a signal, a cancel) are stopped first, so nothing writes into a
+    directory after it is removed.
+    """
+    try:
+        yield
+    except BaseException:
+        stop_everything()
+        raise
+    finally:
+        cleanup_run(request, dirs)
 
 
 def report_up_to_date(request: BuildRequest, decision: Decision) -> BuildResult:

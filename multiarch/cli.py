@@ -8,8 +8,10 @@ otherwise one line on stderr saying what failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     publish.add_argument("--spec", required=True, help="PublishSpec as JSON")
     publish.add_argument("--result-file", help="write the BuildResult JSON here too")
+
+    gc = commands.add_parser("gc", help="remove what killed runs left behind on this machine")
+    gc.add_argument("--work-dir", help="work directory (default $MULTIARCH_WORK_DIR or "
+                    "/var/tmp/multiarch)")
 
     local = commands.add_parser("local", help="the local registry, emulation and base image")
     local.add_argument("action", choices=["up", "down", "status"])
@@ -191,21 +197,86 @@ def run_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_gc(args: argparse.Namespace) -> int:
+    """Remove what killed runs left under the work directory, and say what went."""
+    from multiarch.runclaim import sweep
+    from multiarch.runners.local import DEFAULT_WORK_DIR
+
+    work = Path(args.work_dir or os.environ.get("MULTIARCH_WORK_DIR", DEFAULT_WORK_DIR))
+    swept = sweep(work.resolve())
+    for item in swept:
+        print(item)
+    print(f"{len(swept)} removed under {work}" if swept else f"nothing to remove under {work}")
+    return 0
+
+
+def run_build_with_server(args: argparse.Namespace) -> int:
+    """Run the build; without PREFECT_API_URL, start the temporary server first ourselves.
+
+    Prefect would start it lazily anyway (the same instance is reused); starting it here
+    lets the run record its pid, so that if this process is killed outright the next run's
+    sweep (or `multiarch gc`) stops the orphaned server.
+    """
+    request_from_args(args)  # bad input is refused before any server starts
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        from prefect.server.api.server import SubprocessASGIServer
+
+        from flows.build import TEMP_SERVER_PID_ENV
+
+        server = SubprocessASGIServer()
+        server.start()
+        if server.server_process is not None:
+            os.environ[TEMP_SERVER_PID_ENV] = str(server.server_process.pid)
+    return run_build(args)
+
+
+class Terminated(Exception):
+    """SIGTERM outside a flow run (Prefect handles it inside): unwind so exit hooks run."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+def exit_status_of_cancel(message: str) -> int:
+    """128 + the signal that cancelled the run; 1 when it was cancelled through the API."""
+    for name in ("SIGTERM", "SIGINT"):
+        if name in message:
+            return 128 + signal.Signals[name].value
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "build":
-            return run_build(args)
+            return run_build_with_server(args)
         if args.command == "publish-layouts":
             return run_publish_layouts(args)
+        if args.command == "gc":
+            return run_gc(args)
         return run_local(args)
     except ValidationError as exc:
         print(f"multiarch: invalid request: {describe_validation_error(exc)}", file=sys.stderr)
     except MultiarchError as exc:
         print(f"multiarch: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("multiarch: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        print(f"multiarch: interrupted ({exc or 'SIGINT'}), nothing was published",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    except Exception as exc:
+        from prefect.exceptions import CancelledRun
+
+        if not isinstance(exc, CancelledRun):
+            raise
+        print(f"multiarch: {exc}", file=sys.stderr)
+        return exit_status_of_cancel(str(exc))
     return 1
 
 

@@ -47,11 +47,17 @@ def publish(request: BuildRequest, source: PinnedSource, images: list[PlatformIm
         return kubernetes.publish_job_run(request, source, images, run_id=dirs.run_id,
                                           flow_run_id=flow_run_id, emit=log.info,
                                           annotations=annotations)
-    result = publish_request(request, source, images, index_dir=dirs.run_shared / "index",
-                             emit=log.info, annotations=annotations)
-    if not request.runner.keep_shared:
-        local.remove_run_shared(dirs)
-    return result
+    return publish_request(request, source, images, index_dir=dirs.run_shared / "index",
+                           emit=log.info, annotations=annotations)
+
+
+def cleanup_run(request: BuildRequest, dirs: RunDirs) -> None:
+    """After any outcome: this machine's build directories, and the local handoff unless kept.
+
+    (A Kubernetes run's handoff lives on the cluster's volume; its publish Job removes it.)
+    """
+    local.remove_run_dirs(dirs, keep_shared=request.runner.keep_shared
+                          or request.runner.kind != "local")
 
 
 def stop_everything() -> None:

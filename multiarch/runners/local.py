@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from multiarch.plan import PlanPaths, plan_build
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest
 from multiarch.results import PlatformImage
+from multiarch.runclaim import remove_tree
 from multiarch.runners.processes import run_step
 from multiarch.source import PinnedSource
 
@@ -145,35 +145,16 @@ def build_platform(
     )
 
 
-def remove_run_shared(dirs: RunDirs) -> None:
-    """Drop the run's handoff directory once its index is published and verified."""
-    shutil.rmtree(dirs.run_shared, ignore_errors=True)
-    shutil.rmtree(dirs.run_scratch, ignore_errors=True)
+def remove_run_dirs(dirs: RunDirs, *, keep_shared: bool) -> None:
+    """Drop the run's scratch space, and its handoff directory unless it is to be kept."""
+    remove_tree(dirs.run_scratch)
+    if not keep_shared:
+        remove_tree(dirs.run_shared)
 
 
 def remove_scratch(path: Path) -> None:
-    """Delete a build's scratch space, first unmounting what container storage left there.
-
-    The overlay driver bind-mounts its own directory and skopeo leaves that mount behind;
-    removing the tree without unmounting would leak one mount per build.
-    """
-    for mount_point in mounts_under(path):
-        subprocess.run(["umount", "--lazy", mount_point], capture_output=True, check=False)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def mounts_under(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> list[str]:
-    """Mount points at or below `path`, deepest first (mountinfo field 5, octal-escaped)."""
-    prefix = str(path).rstrip("/")
-    found = []
-    for line in mountinfo.read_text().splitlines():
-        fields = line.split()
-        if len(fields) < 5:
-            continue
-        point = fields[4].encode().decode("unicode_escape")
-        if point == prefix or point.startswith(prefix + "/"):
-            found.append(point)
-    return sorted(found, key=len, reverse=True)
+    """Delete a build's scratch space, unmounting what container storage left there."""
+    remove_tree(path)
 
 
 def _fresh_dir(path: Path) -> None:

@@ -11,6 +11,7 @@ from multiarch.emulation import EmulationStatus
 from multiarch.errors import ConfigurationError
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest, RunnerOptions
+from multiarch.runclaim import mounts_under
 
 EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "hello")
 
@@ -97,8 +98,8 @@ def test_mounts_under_finds_nested_mounts_deepest_first(tmp_path):
         "92 22 8:1 /y /w/builds/other rw - ext4 /dev/vda rw\n"
         "93 22 8:1 /z /w/builds/r\\040space rw - ext4 /dev/vda rw\n"
     )
-    assert local.mounts_under(Path("/w/builds/r"), mountinfo) == [
+    assert mounts_under(Path("/w/builds/r"), mountinfo) == [
         "/w/builds/r/storage/root/overlay/abc/merged",
         "/w/builds/r/storage/root/overlay",
     ]
-    assert local.mounts_under(Path("/w/builds/r space"), mountinfo) == ["/w/builds/r space"]
+    assert mounts_under(Path("/w/builds/r space"), mountinfo) == ["/w/builds/r space"]
