@@ -125,12 +125,12 @@ def build_step(
     context: str,
     image: str,
 ) -> Step:
+    isolation = isolation_flags(request.runner.kind)
     argv: list[str] = [
         "buildah",
         *storage_flags(paths, request.runner.storage_driver),
         "build",
-        "--isolation",
-        "chroot",
+        *isolation,
         "--platform",
         str(platform),
     ]
@@ -145,7 +145,24 @@ def build_step(
     if request.target:
         argv += ["--target", request.target]
     argv += ["--tag", image, context]
-    return Step(name="build", argv=tuple(argv), env={"BUILDAH_ISOLATION": "chroot"})
+    return Step(name="build", argv=tuple(argv), env={"BUILDAH_ISOLATION": isolation[1]})
+
+
+def isolation_flags(runner_kind: str) -> tuple[str, ...]:
+    """How a RUN step is confined, per runner.
+
+    Local: a RUN step runs on the worker itself, so under `chroot` isolation (host mount,
+    PID and network namespaces) a chroot escape reads the worker's files (the registry
+    auth file) and signals its processes. `oci` with Debian's runc pivot_roots into the
+    build root in its own mount, PID, IPC, UTS and network namespaces, and the RUN step's
+    daemons die with it. Its network is buildah's default CNI bridge: outbound traffic is
+    NATed (package installs work) while the worker's 127.0.0.1 services (the Prefect API,
+    the local registry) are not reachable. Kubernetes: the pod is the sandbox, and runc
+    cannot nest in an unprivileged pod, so the build keeps `chroot`.
+    """
+    if runner_kind == "kubernetes":
+        return ("--isolation", "chroot")
+    return ("--isolation", "oci", "--runtime", "runc")
 
 
 def provenance_labels(request: BuildRequest, source: PinnedSource) -> dict[str, str]:

@@ -1,17 +1,29 @@
 """Run one plan step as a subprocess: stream its output, enforce a deadline, never leak it.
 
-Each step starts in its own process group so a timeout or a cancellation can kill the
-step together with whatever it forked (buildah's chroot children, qemu). Every live group
-is recorded so that the flow's cancellation hook and interpreter exit can kill them too.
+Each step starts in its own process group so a timeout or a cancellation can signal the
+step together with whatever it forked (buildah's children, qemu). Every live group is
+recorded so that the flow's cancellation hook and interpreter exit can kill them too.
+
+A process group is not enough: anything that calls setsid() leaves it, and a SIGKILLed
+Python never gets to kill anything. So each step also runs in its own PID and mount
+namespace (`unshare`): the step is PID 2 under a tiny init, and when that init ends (the
+step exited) or is killed (its `unshare` parent died, which the kernel arranges when we
+die, even by SIGKILL) the kernel kills every process left in the namespace and drops the
+mounts made in it (buildah's and skopeo's overlay mounts). Storage stays on disk, so a
+later step (export, push) still reads what the build wrote.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import functools
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -38,6 +50,35 @@ TRANSIENT_MARKERS = (
     "unexpected eof",
     "no space left on device",
 )
+
+# A fresh PID namespace (with its own /proc) and a private mount namespace; unshare's
+# child is killed when unshare dies (--kill-child).
+NAMESPACE_ARGV = (
+    "unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private",
+)  # fmt: skip
+# PID 1 of the namespace. The step must not be PID 1 itself: the kernel drops signals that
+# PID 1 has no handler for, so a plain `sleep` as PID 1 would shrug off SIGTERM. This init
+# ignores signals (the step gets them from the group), reaps orphans, and reports the
+# step's exact wait status through a pipe, since an exit code cannot say "killed by 9".
+STEP_INIT = """
+import os, sys
+status_fd = int(sys.argv[1])
+os.set_inheritable(status_fd, False)
+child = os.fork()
+if child == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+while True:
+    pid, status = os.wait()
+    if pid == child:
+        break
+code = os.waitstatus_to_exitcode(status)
+os.write(status_fd, str(code).encode())
+os._exit(code if code >= 0 else 128 - code)
+"""
+PR_SET_PDEATHSIG = 1
 
 _live_groups: set[int] = set()
 _live_lock = threading.Lock()
@@ -79,19 +120,16 @@ def run_step(
             exit_code=None,
             tail=[],
         )
-    try:
-        process = subprocess.Popen(
-            list(step.argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **step.env},
-            start_new_session=True,
-        )
-    except FileNotFoundError as exc:
+    env = {**os.environ, **step.env}
+    if shutil.which(step.argv[0], path=env.get("PATH")) is None:
         raise ConfigurationError(
             f"{label}: {step.argv[0]} is not installed (needed by step {step.name})"
-        ) from exc
+        )
+    status_read, status_write = os.pipe()
+    try:
+        process = _spawn(step, env=env, status_fd=status_write, label=label)
+    finally:
+        os.close(status_write)
     with _live_lock:
         _live_groups.add(process.pid)
     timed_out = threading.Event()
@@ -105,12 +143,13 @@ def run_step(
             line = raw.decode("utf-8", errors="replace").rstrip("\n")
             tail.append(line)
             emit(line)
-        exit_code = process.wait()
+        exit_code = _step_status(process.wait(), status_read)
     except BaseException:
         _kill_group(process.pid, leader=process)
         raise
     finally:
         watchdog.cancel()
+        os.close(status_read)
         with _live_lock:
             _live_groups.discard(process.pid)
     if timed_out.is_set():
@@ -139,6 +178,54 @@ def classify_failure(
     if any(marker in text for marker in TRANSIENT_MARKERS):
         return TransientStepFailure(message, step=step, exit_code=exit_code, tail=tail)
     return StepFailed(message, step=step, exit_code=exit_code, tail=tail)
+
+
+def namespaced_argv(argv: tuple[str, ...], *, status_fd: int) -> list[str]:
+    """The step's argv wrapped: unshare, then our init (PID 1), then the step (PID 2)."""
+    init = [sys.executable, "-I", "-S", "-c", STEP_INIT, str(status_fd)]
+    return [*NAMESPACE_ARGV, "--", *init, *argv]
+
+
+def _spawn(step: Step, *, env: dict[str, str], status_fd: int, label: str
+           ) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(
+            namespaced_argv(step.argv, status_fd=status_fd),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            pass_fds=(status_fd,),
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+        )
+    except FileNotFoundError as exc:
+        raise ConfigurationError(
+            f"{label}: unshare is not installed (needed to isolate step {step.name}): "
+            "install the Debian package util-linux"
+        ) from exc
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the forked child before exec: SIGKILL us when the spawning thread dies.
+
+    That thread waits for the step, so this fires only when our process dies (even by
+    SIGKILL); `unshare --kill-child` then takes the namespace's init, and the kernel the
+    rest. If the parent already died before prctl, die now instead of running orphaned.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _step_status(unshare_code: int, status_read: int) -> int:
+    """The step's own exit code (negative: killed by that signal), as the init saw it.
+
+    Without a report (the init was killed: timeout, cancellation) unshare's code stands.
+    """
+    report = os.read(status_read, 32).strip()
+    return int(report) if report else unshare_code
 
 
 def _expire(group: int, flag: threading.Event) -> None:

@@ -70,7 +70,7 @@ def test_local_context_with_everything(context: Path) -> None:
     build, export = plan.steps
     assert build.argv == (
         "buildah", *storage("vfs"), "build",
-        "--isolation", "chroot",
+        "--isolation", "oci", "--runtime", "runc",
         "--platform", "linux/arm64",
         "--tls-verify=false",
         "--file", f"{context}/docker/Containerfile.prod",
@@ -83,7 +83,7 @@ def test_local_context_with_everything(context: Path) -> None:
         "--tag", image,
         str(context),
     )  # fmt: skip
-    assert dict(build.env) == {"BUILDAH_ISOLATION": "chroot"}
+    assert dict(build.env) == {"BUILDAH_ISOLATION": "oci"}
     assert export.argv == (
         "skopeo", "copy",
         "--dest-compress", "--dest-compress-format", "gzip",
@@ -103,7 +103,7 @@ def test_local_context_minimal(context: Path) -> None:
     build, export = plan.steps
     assert build.argv == (
         "buildah", *storage("overlay"), "build",
-        "--isolation", "chroot",
+        "--isolation", "oci", "--runtime", "runc",
         "--platform", "linux/arm/v7",
         "--tag", image,
         str(context),
@@ -136,7 +136,7 @@ def test_git_source_fetches_checks_out_and_labels() -> None:
     )  # fmt: skip
     assert build.argv == (
         "buildah", *storage("overlay"), "build",
-        "--isolation", "chroot",
+        "--isolation", "oci", "--runtime", "runc",
         "--platform", "linux/amd64",
         "--file", "/scratch/run1/checkout/Containerfile",
         "--build-arg", "A=b",
@@ -198,7 +198,7 @@ def test_hostile_build_args_reach_argv_verbatim(context: Path) -> None:
         pairs += ["--build-arg", f"{name}={value}"]
     assert build.argv == (
         "buildah", *storage("overlay"), "build",
-        "--isolation", "chroot",
+        "--isolation", "oci", "--runtime", "runc",
         "--platform", "linux/amd64",
         *pairs,
         "--tag", image,
@@ -242,3 +242,25 @@ def test_each_platform_gets_its_own_image_name(context: Path) -> None:
         for text in ("linux/amd64", "linux/arm64", "linux/arm/v7", "linux/arm/v6")
     }
     assert len(names) == 4
+
+
+def test_local_runs_run_steps_in_an_oci_container(context: Path) -> None:
+    """On the worker a RUN step gets its own namespaces (runc), not a chroot on the host."""
+    request = request_for(str(context))
+    source = PinnedSource(kind="local", location=str(context))
+    build = plan_build(request, source, Platform.parse("linux/arm64"), PATHS, run_id="r").steps[0]
+    at = build.argv.index("--isolation")
+    assert build.argv[at : at + 4] == ("--isolation", "oci", "--runtime", "runc")
+    assert dict(build.env) == {"BUILDAH_ISOLATION": "oci"}
+
+
+def test_kubernetes_keeps_chroot_isolation_inside_its_pod() -> None:
+    """runc cannot nest in an unprivileged pod; there the pod is the sandbox."""
+    request = request_for(GIT_URL, runner={"kind": "kubernetes"})
+    source = PinnedSource(kind="git", location=GIT_URL, revision=SHA)
+    plan = plan_build(request, source, Platform.parse("linux/arm64"), PATHS, run_id="r")
+    (build,) = [step for step in plan.steps if step.name == "build"]
+    at = build.argv.index("--isolation")
+    assert build.argv[at : at + 2] == ("--isolation", "chroot")
+    assert "--runtime" not in build.argv
+    assert dict(build.env) == {"BUILDAH_ISOLATION": "chroot"}

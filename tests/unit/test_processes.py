@@ -2,14 +2,18 @@
 
 The run_step tests start tiny real commands (`/bin/sh`, `sleep`); each takes well under a
 second except the timeout test, which is bounded by its 0.5 s deadline plus the kill.
+A step runs in its own PID namespace, so the PIDs it prints mean nothing on the host:
+the tests find a step's processes by a unique `sleep` duration in their command lines.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,17 +35,49 @@ def soon(seconds: float = 20.0) -> float:
     return time.monotonic() + seconds
 
 
-def group_is_gone(pid: int, wait_s: float = 8.0) -> bool:
-    """True once no process of group `pid` is left (orphans may need a moment to be reaped)."""
-    end = time.monotonic() + wait_s
-    while True:
+def token() -> str:
+    """A `sleep` duration no other process on this machine uses: finds a step's processes."""
+    return f"300.{uuid.uuid4().int % 10**9:09d}"
+
+
+def host_processes_with(text: str) -> list[str]:
+    """Processes on the host whose command line holds `text` (this test process excepted)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
         try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return True
-        if time.monotonic() > end:
-            return False
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def left_running(text: str, wait_s: float = 8.0) -> list[str]:
+    """What still runs with `text` once the kernel had a moment to finish killing."""
+    end = time.monotonic() + wait_s
+    while (found := host_processes_with(text)) and time.monotonic() < end:
         time.sleep(0.05)
+    return found
+
+
+def zombie_children() -> list[int]:
+    """Our exited but unreaped children: a step whose Popen was never waited for."""
+    zombies = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+            zombies.append(int(stat.parent.name))
+    return zombies
+
+
+def host_mounts() -> str:
+    return Path("/proc/self/mountinfo").read_text()
 
 
 # --- classify_failure ------------------------------------------------------------------
@@ -189,13 +225,14 @@ def test_tail_keeps_only_the_last_lines() -> None:
     assert info.value.tail == [f"line{i}" for i in range(30, 50)]
 
 
-def test_deadline_kills_the_whole_group() -> None:
+def test_deadline_kills_the_step_and_its_daemons() -> None:
     lines: list[str] = []
+    marker = token()
     started = time.monotonic()
     with pytest.raises(StepFailed) as info:
-        # The shell stays as the group leader and its `sleep` child shares its group.
+        # setsid leaves the step's process group: only the PID namespace still holds it.
         run_step(
-            sh("echo $$; sleep 30; echo never"),
+            sh(f"setsid sleep {marker} & echo started; sleep {marker}; echo never"),
             emit=lines.append,
             deadline=time.monotonic() + 0.5,
             label=LABEL,
@@ -204,9 +241,8 @@ def test_deadline_kills_the_whole_group() -> None:
     assert elapsed < 10
     assert "timed out" in str(info.value)
     assert info.value.step == "build"
-    assert "never" not in lines
-    pid = int(lines[0])
-    assert group_is_gone(pid)
+    assert lines == ["started"]
+    assert left_running(marker) == []
 
 
 def test_deadline_already_passed_starts_nothing(tmp_path: Path) -> None:
@@ -237,27 +273,20 @@ def _cancel_on_second_line(lines: list[str]) -> Callable[[str], None]:
     return emit
 
 
-def test_cancellation_kills_the_whole_group(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancellation_kills_the_step_and_its_daemons(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(processes, "KILL_GRACE_S", 1.0)
     lines: list[str] = []
+    marker = token()
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         run_step(
-            sh("echo $$; sleep 30 & echo $!; wait"),
+            sh(f"sleep {marker} & setsid sleep {marker} & echo one; echo two; wait"),
             emit=_cancel_on_second_line(lines),
             deadline=soon(),
             label=LABEL,
         )
     assert time.monotonic() - started < 10
-    child = int(lines[1])
-    end = time.monotonic() + 8
-    while True:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        assert time.monotonic() < end, "the step's child survived the cancellation"
-        time.sleep(0.05)
+    assert left_running(marker) == [], "a process of the step survived the cancellation"
     assert processes.kill_all_steps() == 0
 
 
@@ -269,14 +298,61 @@ def test_cancellation_returns_promptly_and_reaps(monkeypatch: pytest.MonkeyPatch
         lines.append(line)
         raise KeyboardInterrupt
 
+    marker = token()
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt) as info:
-        # One process only (exec): once it is reaped, its group is empty.
-        run_step(sh("echo $$; exec sleep 30"), emit=emit, deadline=soon(), label=LABEL)
+        # The step is not PID 1 of its namespace, so a plain `sleep` dies of SIGTERM at once.
+        run_step(sh(f"echo started; exec sleep {marker}"), emit=emit, deadline=soon(),
+                 label=LABEL)
     elapsed = time.monotonic() - started
     assert info.value is not None  # keep the traceback (and the Popen) alive, as a caller would
     assert elapsed < 2.0, f"cancellation took {elapsed:.1f} s (SIGTERM kills this step at once)"
-    assert not Path(f"/proc/{lines[0]}").exists(), "the step's process was left a zombie"
+    assert host_processes_with(marker) == []
+    assert zombie_children() == [], "the step's process was left a zombie"
+
+
+def test_step_sees_only_its_own_processes() -> None:
+    lines: list[str] = []
+    script = f"echo $$; test -e /proc/{os.getpid()} && echo host-visible || echo host-hidden"
+    run_step(sh(script), emit=lines.append, deadline=soon(), label=LABEL)
+    assert lines == ["2", "host-hidden"]  # PID 1 is the namespace's init
+
+
+def test_mounts_made_by_a_step_stay_in_the_step(tmp_path: Path) -> None:
+    lines: list[str] = []
+    script = f"mount -t tmpfs step {tmp_path} && touch {tmp_path}/inside && echo mounted"
+    run_step(sh(script), emit=lines.append, deadline=soon(), label=LABEL)
+    assert lines == ["mounted"]
+    assert f" {tmp_path} " not in host_mounts()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exit_code_from_the_step_is_exact_not_a_signal() -> None:
+    with pytest.raises(StepFailed) as info:
+        run_step(sh("exit 137"), emit=lambda _: None, deadline=soon(), label=LABEL)
+    assert info.value.exit_code == 137
+
+
+def test_sigkill_of_our_process_kills_the_step_and_its_daemons(tmp_path: Path) -> None:
+    """A SIGKILLed runner runs no cleanup code: the kernel must end the step by itself."""
+    marker = token()
+    script = (
+        "from multiarch.plan import Step\n"
+        "from multiarch.runners.processes import run_step\n"
+        "import sys, time\n"
+        f"step = Step(name='build', argv=('sh', '-c', 'setsid sleep {marker} & "
+        f"echo started; sleep {marker}'))\n"
+        "run_step(step, emit=lambda line: print(line, flush=True),"
+        " deadline=time.monotonic() + 600, label='x')\n"
+    )
+    runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    assert runner.stdout is not None
+    assert runner.stdout.readline().strip() == "started"
+    assert len(host_processes_with(marker)) >= 2
+    runner.kill()
+    runner.wait()
+    assert left_running(marker) == []
 
 
 def test_step_failures_survive_pickling_with_their_details():
