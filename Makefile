@@ -7,7 +7,7 @@ PORT ?= 5000
 REGISTRY := 127.0.0.1:$(PORT)
 PYTHON ?= python3
 
-.PHONY: help deps venv up down demo test lint format clean serve stop bench
+.PHONY: help deps venv up down demo test lint format clean serve stop bench reliability gc
 
 help:
 	@echo "make demo   - install what is missing, start a local registry, build examples/hello for amd64+arm64"
@@ -17,6 +17,8 @@ help:
 	@echo "make serve  - make up, then a Prefect server + UI on 127.0.0.1:4200, work pools, a worker, the deployments"
 	@echo "make stop   - stop the Prefect server and worker of make serve (the registry keeps running)"
 	@echo "make bench  - benchmarks B1-B3 -> bench/results/latest.{json,md,png} (BENCH_QUICK=1: tiny run)"
+	@echo "make reliability - run the fault suite (tests/faults) and regenerate docs/reliability.md"
+	@echo "make gc     - remove what killed runs left under $(STATE)/work (multiarch gc)"
 	@echo "make clean  - stop and delete $(STATE)/ and $(VENV)/"
 
 deps:
@@ -45,6 +47,17 @@ demo: up
 test: deps venv
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# The fault suite alone, recording each scenario; its tables replace docs/reliability.md's.
+reliability: deps venv
+	mkdir -p $(STATE)
+	rm -f $(STATE)/fault-report.jsonl
+	MULTIARCH_FAULT_REPORT=$(abspath $(STATE))/fault-report.jsonl $(BIN)/pytest tests/faults
+	$(BIN)/python -m tests.faults.report $(STATE)/fault-report.jsonl docs/reliability.md \
+		"pytest tests/faults passed"
+
+gc: venv
+	$(BIN)/multiarch gc --work-dir $(STATE)/work
 
 bench: deps venv
 	-$(BIN)/pip install -q matplotlib
