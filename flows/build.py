@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from flows.guard import raise_if_cancelling, signal_name, watch_for_cancellation
 from multiarch.errors import ConfigurationError, MultiarchError
 from multiarch.platforms import Platform
+from multiarch.preflight import check_target, preflight_request
 from multiarch.rebuild import Decision, published_result
 from multiarch.reporting import (
     artifact_key,
@@ -37,6 +38,7 @@ from multiarch.results import BuildResult, PlatformImage
 from multiarch.runclaim import RunRecord, claim_run, sweep
 from multiarch.runners.dispatch import cleanup_run, preflight, stop_everything
 from multiarch.runners.local import RunDirs, run_dirs
+from multiarch.source import without_context_credentials
 from tasks.build import build_platform_task
 from tasks.publish import publish_task
 from tasks.rebuild import check_changes_task
@@ -119,6 +121,7 @@ def build_multiarch_image(
         rebuild=rebuild,
         runner=runner or RunnerOptions(),
     )
+    request = without_context_credentials(request, warn=get_run_logger().warning)
     tag_flow_run(request)
     try:
         with watch_for_cancellation():
@@ -129,9 +132,12 @@ def build_multiarch_image(
 
 def build_and_publish(request: BuildRequest) -> BuildResult:
     logger = get_run_logger()
-    for note in preflight(request):
+    for note in [*preflight(request), *preflight_request(request)]:  # before any build
         logger.info(note)
     source = pin_source_task(request)
+    if request.is_git:  # the target stage is readable once the commit is pinned
+        for note in check_target(request, source):
+            logger.info(note)
     wanted, decision = check_changes_task(request, source)
     if request.rebuild == "if-changed" and decision.up_to_date and decision.index_digest:
         return report_up_to_date(request, decision)

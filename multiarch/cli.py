@@ -18,6 +18,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from multiarch.credentials import (
+    ENV_CREDENTIALS,
+    ENV_CREDENTIALS_FILE,
+    has_credentials,
+    move_to_environment,
+    redact,
+)
 from multiarch.errors import MultiarchError
 from multiarch.request import BuildRequest, describe_validation_error
 
@@ -47,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--context", required=True, help="local directory or git URL")
     build.add_argument("--git-ref", help="branch, tag or commit of a git context")
+    build.add_argument(
+        "--git-credentials-block",
+        help="Prefect Secret block holding git credentials (https://USER:TOKEN@HOST lines); "
+        f"or set {ENV_CREDENTIALS} / {ENV_CREDENTIALS_FILE}",
+    )
     build.add_argument(
         "--file", dest="containerfile", help="Containerfile path, relative to the context"
     )
@@ -92,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds a pod may stay unschedulable before failing")
     kube.add_argument("--security", choices=["privileged", "minimal"],
                       help="securityContext of build pods")
+    kube.add_argument("--git-credentials-secret",
+                      help="Secret with key .git-credentials, mounted only into the fetch step")
 
     publish = commands.add_parser(
         "publish-layouts",
@@ -121,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 KUBE_FLAGS = ("namespace", "builder_image", "shared_claim", "registry_secret", "kubeconfig",
-              "kube_context", "credentials_block", "unschedulable_grace_s", "security")
+              "kube_context", "credentials_block", "unschedulable_grace_s", "security",
+              "git_credentials_secret")
 
 
 def request_from_args(args: argparse.Namespace) -> BuildRequest:
@@ -134,6 +149,7 @@ def request_from_args(args: argparse.Namespace) -> BuildRequest:
         "storage_driver": args.storage_driver,
         "keep_shared": args.keep_shared,
         "kubernetes": kube,
+        "git_credentials_block": args.git_credentials_block,
     }
     return BuildRequest(
         image=args.image,
@@ -151,8 +167,30 @@ def request_from_args(args: argparse.Namespace) -> BuildRequest:
     )
 
 
+CREDENTIALS_NOTICE = (
+    "multiarch: --context carried credentials: they were moved into this run's environment "
+    f"({ENV_CREDENTIALS}) and Prefect only sees the URL without them (next time, set "
+    f"{ENV_CREDENTIALS} or {ENV_CREDENTIALS_FILE} instead)"
+)
+
+
+def reexec_without_credentials(args: argparse.Namespace) -> None:
+    """A token on our own command line shows in `ps` for as long as the build runs: move it
+    into the environment and exec ourselves again (same pid) with the clean URL."""
+    context = args.context
+    clean = move_to_environment(context)
+    argv = [arg.replace(context, clean) for arg in sys.orig_argv]
+    if clean == context or argv == sys.orig_argv:
+        return  # no credentials, or not from our command line (main called with a list)
+    print(CREDENTIALS_NOTICE, file=sys.stderr, flush=True)
+    os.execv(sys.executable, [sys.executable, *argv[1:]])  # noqa: S606 - ourselves, argv list
+
+
 def run_build(args: argparse.Namespace) -> int:
     request = request_from_args(args)
+    if has_credentials(request.context):
+        print(CREDENTIALS_NOTICE, file=sys.stderr, flush=True)
+        request = request.model_copy(update={"context": move_to_environment(request.context)})
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.build import build_multiarch_image  # Prefect loads only when a build runs
@@ -217,7 +255,14 @@ def run_build_with_server(args: argparse.Namespace) -> int:
     lets the run record its pid, so that if this process is killed outright the next run's
     sweep (or `multiarch gc`) stops the orphaned server.
     """
-    request_from_args(args)  # bad input is refused before any server starts
+    from multiarch.preflight import preflight_request
+    from multiarch.runners.dispatch import preflight
+
+    # Bad input, a missing tool, an unreachable registry or a missing stage are refused
+    # in seconds, before a temporary server starts (the flow checks again, cheaply).
+    request = request_from_args(args)
+    preflight(request)
+    preflight_request(request)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.settings import PREFECT_API_URL
@@ -256,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "build":
+            if argv is None:
+                reexec_without_credentials(args)
             return run_build_with_server(args)
         if args.command == "publish-layouts":
             return run_publish_layouts(args)
@@ -265,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"multiarch: invalid request: {describe_validation_error(exc)}", file=sys.stderr)
     except MultiarchError as exc:
-        print(f"multiarch: {exc}", file=sys.stderr)
+        print(f"multiarch: {redact(str(exc))}", file=sys.stderr)
     except (KeyboardInterrupt, Terminated) as exc:
         print(f"multiarch: interrupted ({exc or 'SIGINT'}), nothing was published",
               file=sys.stderr)

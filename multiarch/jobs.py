@@ -30,6 +30,11 @@ WORKSPACE_MOUNT = "/workspace"
 STORAGE_MOUNT = "/var/lib/multiarch/storage"
 REGISTRY_AUTH_MOUNT = "/run/multiarch/registry-auth"
 REGISTRY_AUTH_FILE = f"{REGISTRY_AUTH_MOUNT}/.dockerconfigjson"
+# Git credentials: a Secret mounted into the fetch step only, read by git's store helper.
+GIT_CREDENTIALS_MOUNT = "/run/multiarch/git-credentials"
+GIT_CREDENTIALS_KEY = ".git-credentials"
+GIT_CREDENTIALS_FILE = f"{GIT_CREDENTIALS_MOUNT}/{GIT_CREDENTIALS_KEY}"
+FETCH_STEP = "fetch"
 TERMINATION_LOG = "/dev/termination-log"
 
 _LABEL_VALUE_RE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -47,14 +52,17 @@ def escape_expansion(arg: str) -> str:
     return arg.replace("$", "$$")
 
 
-def pod_paths(run_id: str, platform: Platform) -> PlanPaths:
+def pod_paths(run_id: str, platform: Platform,
+              options: KubernetesOptions | None = None) -> PlanPaths:
     """Where a build pod keeps things; the layout path is the same for the publish pod."""
+    git_secret = options is not None and options.git_credentials_secret is not None
     return PlanPaths(
         checkout=f"{WORKSPACE_MOUNT}/src",
         storage_root=f"{STORAGE_MOUNT}/root",
         storage_runroot=f"{STORAGE_MOUNT}/runroot",
         layout=f"{SHARED_MOUNT}/{run_id}/{platform.slug}",
         digest_file=TERMINATION_LOG,
+        git_credentials=GIT_CREDENTIALS_FILE if git_secret else None,
     )
 
 
@@ -127,7 +135,8 @@ def container(step: Step, *, options: KubernetesOptions, mounts: Sequence[Mappin
     return spec
 
 
-def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool) -> list[dict[str, Any]]:
+def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool,
+                with_git_credentials: bool = False) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "shared", "persistentVolumeClaim": {"claimName": options.shared_claim}},
         {"name": "workspace", "emptyDir": {}},
@@ -140,6 +149,12 @@ def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool) -> list
         volumes.append({"name": "registry-auth", "secret": {
             "secretName": options.registry_secret,
             "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
+        }})
+    if with_git_credentials and options.git_credentials_secret:
+        volumes.append({"name": "git-credentials", "secret": {
+            "secretName": options.git_credentials_secret,
+            "items": [{"key": GIT_CREDENTIALS_KEY, "path": GIT_CREDENTIALS_KEY}],
+            "defaultMode": 0o400,
         }})
     return volumes
 
@@ -161,11 +176,13 @@ def job_manifest(
     tolerations: Sequence[Mapping[str, Any]] = (), resources: Mapping[str, Any] | None = None,
     push_step: str | None = None,
 ) -> dict[str, Any]:
-    """One Job running `steps` in order; only the step named `push_step` sees credentials."""
+    """One Job running `steps` in order; only the step named `push_step` sees registry
+    credentials, only the fetch step git credentials (as a mounted file, never a value)."""
     if not steps:
         raise ValueError("a Job needs at least one step")
     mounts = _mounts(options)
     containers = []
+    fetches = any(step.name == FETCH_STEP for step in steps)
     for step in steps:
         step_mounts = list(mounts)
         extra_env = None
@@ -173,13 +190,17 @@ def job_manifest(
             step_mounts.append({"name": "registry-auth", "mountPath": REGISTRY_AUTH_MOUNT,
                                 "readOnly": True})
             extra_env = {"REGISTRY_AUTH_FILE": REGISTRY_AUTH_FILE}
+        if step.name == FETCH_STEP and options.git_credentials_secret:
+            step_mounts.append({"name": "git-credentials", "mountPath": GIT_CREDENTIALS_MOUNT,
+                                "readOnly": True})
         containers.append(container(step, options=options, mounts=step_mounts,
                                     resources=resources or {}, extra_env=extra_env))
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # build steps never talk to the API
         "containers": containers[-1:],
-        "volumes": pod_volumes(options, with_registry_auth=push_step is not None),
+        "volumes": pod_volumes(options, with_registry_auth=push_step is not None,
+                               with_git_credentials=fetches),
     }
     if len(containers) > 1:
         pod_spec["initContainers"] = containers[:-1]
@@ -228,7 +249,8 @@ def publish_job(step: Step, *, options: KubernetesOptions, flow_run_id: str, ima
 def platform_job(request: BuildRequest, source: PinnedSource, platform: Platform, *,
                  run_id: str, flow_run_id: str) -> dict[str, Any]:
     """The whole Job for one platform of a request: prepare the layout, then the plan."""
-    plan = plan_build(request, source, platform, pod_paths(run_id, platform), run_id=run_id)
+    paths = pod_paths(run_id, platform, request.runner.kubernetes)
+    plan = plan_build(request, source, platform, paths, run_id=run_id)
     return build_job((prepare_layout_step(plan.layout), *plan.steps), platform=platform,
                      options=request.runner.kubernetes, flow_run_id=flow_run_id,
                      image_name=request.image.name, timeout_s=request.runner.timeout_s)

@@ -15,6 +15,24 @@ from multiarch.platforms import Platform
 
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DEFAULT_ARM_VARIANT_LABEL = "multiarch.dev/arm-variant"
+LABEL_NAME_RE = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+LABEL_PREFIX_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+                             r"(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$")
+
+
+def check_label(key: str, value: str) -> None:
+    """A Kubernetes label (`[prefix/]name` = value); the API server would refuse the Job."""
+    prefix, _, name = key.rpartition("/")
+    if not LABEL_NAME_RE.match(name) or (prefix and not LABEL_PREFIX_RE.match(prefix)):
+        raise ValueError(
+            f"label key {key!r} is invalid: [dns.prefix/]name, the name up to 63 letters, "
+            "digits, - _ . starting and ending alphanumeric (e.g. kubernetes.io/hostname)"
+        )
+    if value and not LABEL_NAME_RE.match(value):
+        raise ValueError(
+            f"label value {value!r} of {key!r} is invalid: up to 63 letters, digits, - _ . "
+            "starting and ending alphanumeric"
+        )
 
 
 class PlatformPlacement(BaseModel):
@@ -25,6 +43,13 @@ class PlatformPlacement(BaseModel):
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Labels the node must also carry."
     )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _valid_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            check_label(key, label)
+        return value
     tolerations: list[dict[str, Any]] = Field(
         default_factory=list, description="Pod tolerations (Kubernetes Toleration objects)."
     )
@@ -51,6 +76,11 @@ class KubernetesOptions(BaseModel):
     registry_secret: str | None = Field(
         None,
         description="Secret (kubernetes.io/dockerconfigjson) mounted only into the push step.",
+    )
+    git_credentials_secret: str | None = Field(
+        None,
+        description="Secret whose key `.git-credentials` (git-credential-store lines, "
+        "https://USER:TOKEN@HOST) is mounted only into the fetch step of a git build.",
     )
     security: Literal["privileged", "minimal"] = Field(
         "privileged",
@@ -87,7 +117,7 @@ class KubernetesOptions(BaseModel):
             raise ValueError(f"{value!r} is not a valid Kubernetes name (lowercase DNS label)")
         return value
 
-    @field_validator("registry_secret")
+    @field_validator("registry_secret", "git_credentials_secret")
     @classmethod
     def _secret_name(cls, value: str | None) -> str | None:
         if value is not None and (not DNS_LABEL_RE.match(value) or len(value) > 63):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from multiarch.credentials import clean_url, helper_config
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest
 from multiarch.source import PinnedSource
@@ -39,6 +40,9 @@ class PlanPaths:
     storage_runroot: str
     layout: str  # this platform's OCI image layout on the shared volume
     digest_file: str | None = None  # where export also writes the manifest digest
+    # A git-credential-store file the fetch step's git reads (a path, never the secret);
+    # None: the run has no git credentials.
+    git_credentials: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +65,7 @@ def plan_build(
     image = f"localhost/multiarch/{platform.slug}:{run_id}"
     steps: list[Step] = []
     if source.kind == "git":
-        steps += fetch_steps(source, checkout=paths.checkout)
+        steps += fetch_steps(source, checkout=paths.checkout, credentials=paths.git_credentials)
         context = paths.checkout
     else:
         context = source.location
@@ -80,27 +84,30 @@ def prepare_layout_step(layout: str) -> Step:
     return Step(name="prepare", argv=("sh", "-c", PREPARE_LAYOUT_SCRIPT, "prepare", layout))
 
 
-def fetch_steps(source: PinnedSource, *, checkout: str) -> list[Step]:
-    """Clone without blobs, then check out the pinned commit: cheap and exact."""
+# Clone and check out in one step, so that only this step (one container in a pod) needs
+# the credentials: checking out a blobless clone fetches blobs from the remote too. The
+# values arrive as "$1".."$3" and git's own options as "$@"; nothing is formatted into it.
+FETCH_SCRIPT = (
+    'url=$1 dir=$2 rev=$3; shift 3; '
+    'git "$@" clone --quiet --no-checkout --filter=blob:none -- "$url" "$dir" && '
+    'exec git "$@" -C "$dir" checkout --quiet --detach "$rev"'
+)
+
+
+def fetch_steps(source: PinnedSource, *, checkout: str,
+                credentials: str | None = None) -> list[Step]:
+    """Clone without blobs, then check out the pinned commit: cheap and exact.
+
+    `credentials` is the path of a git-credential-store file; git reads it through its
+    store helper, so the secret is on neither the argv nor the environment of the step.
+    """
     assert source.revision, "a git source is pinned before planning"
     return [
         Step(
             name="fetch",
-            argv=(
-                "git",
-                "clone",
-                "--quiet",
-                "--no-checkout",
-                "--filter=blob:none",
-                "--",
-                source.location,
-                checkout,
-            ),
+            argv=("sh", "-c", FETCH_SCRIPT, "fetch", clean_url(source.location), checkout,
+                  source.revision, *helper_config(credentials)),
             env={"GIT_TERMINAL_PROMPT": "0"},
-        ),
-        Step(
-            name="checkout",
-            argv=("git", "-C", checkout, "checkout", "--quiet", "--detach", source.revision),
         ),
     ]
 
@@ -144,8 +151,19 @@ def build_step(
         argv += ["--label", f"{key}={value}"]
     if request.target:
         argv += ["--target", request.target]
+    env = {"BUILDAH_ISOLATION": isolation[1]}
+    if request.runner.kind == "local":
+        # runc's state and buildah's RUN bundles live in the build's scratch space, not in
+        # /run/runc and /var/tmp: a killed build leaves them where its run's sweep looks.
+        argv += ["--runtime-flag", f"root={paths.storage_runroot}/runc"]
+        env["TMPDIR"] = sandbox_tmp(paths)
     argv += ["--tag", image, context]
-    return Step(name="build", argv=tuple(argv), env={"BUILDAH_ISOLATION": isolation[1]})
+    return Step(name="build", argv=tuple(argv), env=env)
+
+
+def sandbox_tmp(paths: PlanPaths) -> str:
+    """buildah's temporary directory for RUN bundles; the runner creates it."""
+    return f"{paths.storage_runroot}/buildah-tmp"
 
 
 def isolation_flags(runner_kind: str) -> tuple[str, ...]:
@@ -169,7 +187,7 @@ def provenance_labels(request: BuildRequest, source: PinnedSource) -> dict[str, 
     """User labels, plus where the image came from unless the user said otherwise."""
     labels = dict(request.labels)
     if source.kind == "git":
-        labels.setdefault(SOURCE_LABEL, source.location)
+        labels.setdefault(SOURCE_LABEL, clean_url(source.location))
     if source.revision:
         labels.setdefault(REVISION_LABEL, source.revision)
     return labels

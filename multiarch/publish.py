@@ -1,8 +1,11 @@
 """Publish: one OCI image index over every platform, pushed by digest, tags last, verified.
 
 Order matters for atomicity. Blobs, platform manifests and the index go up by digest,
-untagged, so a failure part-way leaves every existing tag where it was. Only then is each
-tag written, and each tag is read back and must resolve to the digest computed here.
+untagged (skopeo), so a failure part-way leaves every existing tag where it was. Only then
+are the tags written, all or nothing: what each tag holds is recorded, each tag gets the
+exact bytes of the pushed index (a manifest PUT, nothing re-uploaded), and if one cannot
+be written the others are put back. Each tag is then read back and must resolve to the
+digest computed here.
 """
 
 from __future__ import annotations
@@ -14,14 +17,32 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from multiarch.errors import PublishError
-from multiarch.oci import assemble_index, read_layout_image, write_index_layout
+from multiarch.errors import MultiarchError, PublishError
+from multiarch.oci import (
+    MEDIA_TYPE_INDEX,
+    LayoutImage,
+    assemble_index,
+    blob_path,
+    read_layout_image,
+    write_index_layout,
+)
 from multiarch.plan import REVISION_LABEL, SOURCE_LABEL, Step
 from multiarch.references import ImageReference
-from multiarch.registry import RegistryTarget, push_layout, verify_tag
+from multiarch.registry import RegistryTarget, check_served, push_layout
+from multiarch.registry_api import (
+    Manifest,
+    RegistryClient,
+    delete_manifest,
+    put_manifest,
+    read_manifest,
+    registry_client,
+    retrying,
+)
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage, summarise
+from multiarch.signals import signals_held
 from multiarch.source import PinnedSource
+from multiarch.tagjournal import write_journal
 
 INDEX_REF = "index"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
@@ -44,12 +65,13 @@ def publish_request(
     index_dir: Path,
     emit: Callable[[str], None],
     annotations: Mapping[str, str] | None = None,
+    journal: Path | None = None,
 ) -> BuildResult:
     """Publish a request's images under all of its tags."""
     return publish_images(
         images, image=request.image, tags=request.all_tags, source=source,
         index_dir=index_dir, insecure=request.insecure_registry, emit=emit,
-        annotations=annotations,
+        annotations=annotations, journal=journal,
     )
 
 
@@ -63,43 +85,53 @@ def publish_images(
     insecure: bool,
     emit: Callable[[str], None],
     annotations: Mapping[str, str] | None = None,
+    journal: Path | None = None,
 ) -> BuildResult:
-    """Assemble, push and verify; returns the published result or raises PublishError."""
+    """Assemble, push and verify; returns the published result or raises PublishError.
+
+    `journal`: where to record the tags before writing them (multiarch.tagjournal), so a
+    sweep can put them back should this process be killed between two tag writes.
+
+    Callers that publish one repository from several runs hold `multiarch.publish_lock`
+    (and the Prefect concurrency limit) around this: tag records are only true while no
+    other run writes the same tags.
+    """
     if not images:
         raise PublishError("no platform images to publish")
     if not tags:
         raise PublishError("no tags to publish")
-    found = []
-    for built in images:
-        layout_image = read_layout_image(Path(built.layout), built.layout_ref)
-        if layout_image.manifest_digest != built.digest:
-            raise PublishError(
-                f"layout of {built.platform} changed since its build "
-                f"({layout_image.manifest_digest} != {built.digest})"
-            )
-        found.append((built.platform, layout_image))
+    found = [(built.platform, checked_layout_image(built)) for built in images]
     merged = dict(index_annotations(source, created=datetime.now(UTC)))
     merged.update(annotations or {})
     index = assemble_index(found, annotations=merged)
     digest = write_index_layout(index_dir, index, [img for _, img in found], ref_name=INDEX_REF)
-    target = RegistryTarget(name=image.name, insecure=insecure)
-    emit(f"[publish] pushing {len(found)} platforms to {image.with_digest(digest)}")
-    # By digest first (nothing visible moves), then one tag after another.
-    for destination in [image.with_digest(digest), *map(image.with_tag, tags)]:
-        push_layout(
-            index_dir,
-            INDEX_REF,
-            destination=destination,
-            target=target,
-            emit=lambda line: emit(f"[publish] {line}"),
-            label="[publish]",
-        )
+    pushed = Manifest(digest=digest, media_type=MEDIA_TYPE_INDEX,
+                      body=blob_path(index_dir, digest).read_bytes())
     expected = {str(p): img.manifest_digest for p, img in found}
-    for tag in tags:
-        verify_tag(
-            image.with_tag(tag), expected_digest=digest, expected_manifests=expected, target=target
+    with registry_client(image.registry, insecure=insecure) as client:
+        index_is_new = _read(client, image.repository, digest) is None
+        emit(f"[publish] pushing {len(found)} platforms to {image.with_digest(digest)}")
+        push_layout(
+            index_dir, INDEX_REF, destination=image.with_digest(digest),
+            target=RegistryTarget(name=image.name, insecure=insecure),
+            emit=lambda line: emit(f"[publish] {line}"), label="[publish]",
         )
-        emit(f"[publish] verified {image.with_tag(tag)} -> {digest}")
+        # The tag section: a signal here is held until the tags are whole again (all moved
+        # and verified, then put back, since a cancelled run publishes nothing).
+        with signals_held() as arrived:
+            before, moved = write_tags(client, image, list(tags), pushed,
+                                       index_is_new=index_is_new, emit=emit, journal=journal)
+            if not arrived:
+                verify_tags(client, image, list(tags), digest=digest, expected=expected,
+                            emit=emit)
+            if arrived:
+                undone = restore_tags(client, image.repository, moved, before,
+                                      index_digest=digest, index_is_new=index_is_new)
+                emit(f"[publish] cancelled while writing tags: {undone}")
+            if journal is not None:
+                journal.unlink(missing_ok=True)
+            if arrived:
+                raise PublishError(f"cancelled while writing tags: {undone}")
     return BuildResult(
         image=image.name,
         index_digest=digest,
@@ -109,6 +141,125 @@ def publish_images(
             for built, (_, layout_image) in zip(images, found, strict=True)
         ],
     )
+
+
+def checked_layout_image(built: PlatformImage) -> LayoutImage:
+    layout_image = read_layout_image(Path(built.layout), built.layout_ref)
+    if layout_image.manifest_digest != built.digest:
+        raise PublishError(
+            f"layout of {built.platform} changed since its build "
+            f"({layout_image.manifest_digest} != {built.digest})"
+        )
+    return layout_image
+
+
+def write_tags(client: RegistryClient, image: ImageReference, tags: list[str],
+               pushed: Manifest, *, index_is_new: bool, emit: Callable[[str], None],
+               journal: Path | None = None) -> tuple[dict[str, Manifest | None], list[str]]:
+    """Point every tag at the pushed index, or leave every tag as it was.
+
+    What each tag holds is recorded first (in `journal` too, for a sweep should this
+    process be killed mid-way); each write is a PUT of the exact index bytes (retried
+    while the registry's answer is transient). If a tag still cannot be written, every
+    tag this run moved is put back, and the one-line error says where things stand.
+    Returns the record and the tags moved.
+    """
+    before = {tag: _read(client, image.repository, tag) for tag in tags}
+    emit("[publish] tags before: " + describe(before))
+    if journal is not None:
+        write_journal(journal, registry=image.registry, repository=image.repository,
+                      insecure=client.insecure, index_digest=pushed.digest,
+                      index_is_new=index_is_new, before=before)
+    moved: list[str] = []
+    for tag in tags:
+        if (held := before[tag]) is not None and held.digest == pushed.digest:
+            continue
+        try:
+            retrying(lambda tag=tag: put_manifest(client, image.repository, tag,
+                                                  body=pushed.body, media_type=pushed.media_type))
+        except MultiarchError as exc:
+            if _holds(client, image.repository, tag, pushed.digest):
+                moved.append(tag)
+            undone = restore_tags(client, image.repository, moved, before,
+                                  index_digest=pushed.digest, index_is_new=index_is_new)
+            if journal is not None:
+                journal.unlink(missing_ok=True)
+            raise PublishError(f"tag {image.with_tag(tag)} could not be written: {exc}; "
+                               f"{undone}") from exc
+        moved.append(tag)
+        emit(f"[publish] tagged {image.with_tag(tag)} -> {pushed.digest}")
+    return before, moved
+
+
+def restore_tags(client: RegistryClient, repository: str, moved: list[str],
+                 before: dict[str, Manifest | None], *, index_digest: str,
+                 index_is_new: bool) -> str:
+    """Put each moved tag back to what it held; returns what the tags hold now, in words.
+
+    A tag that did not exist cannot be deleted alone on distribution 2.8 (DELETE by tag
+    is refused), so the new index is deleted by digest, which untags exactly the tags that
+    hold it: safe only when no tag held that index before this run pushed it.
+    """
+    if not moved:
+        return "no tag was moved: " + describe(before)
+    problems = []
+    for tag in (t for t in moved if before[t] is not None):
+        held = before[tag]
+        assert held is not None
+        try:
+            retrying(lambda tag=tag, held=held: put_manifest(
+                client, repository, tag, body=held.body, media_type=held.media_type))
+        except MultiarchError as exc:
+            problems.append(f"tag {tag} could not be put back to {held.digest} ({exc})")
+    new = [t for t in moved if before[t] is None]
+    if new:
+        problems += _remove_new_tags(client, repository, new, index_digest=index_digest,
+                                     index_is_new=index_is_new)
+    if problems:
+        return "ROLLBACK INCOMPLETE: " + "; ".join(problems)
+    return "every tag is back where it was: " + describe(before)
+
+
+def _remove_new_tags(client: RegistryClient, repository: str, new: list[str], *,
+                     index_digest: str, index_is_new: bool) -> list[str]:
+    names = ", ".join(new)
+    if not index_is_new:
+        return [f"new tags {names} still hold {index_digest}: the registry cannot delete a "
+                "tag alone and that index was already in the repository"]
+    try:
+        retrying(lambda: delete_manifest(client, repository, index_digest))
+    except MultiarchError as exc:
+        return [f"new tags {names} still hold {index_digest}: deleting it failed ({exc})"]
+    left = [t for t in new if _holds(client, repository, t, index_digest)]
+    return [f"new tags {', '.join(left)} still hold {index_digest}"] if left else []
+
+
+def verify_tags(client: RegistryClient, image: ImageReference, tags: list[str], *,
+                digest: str, expected: dict[str, str], emit: Callable[[str], None]) -> None:
+    """Read every tag back: each must serve the computed index with every platform in it."""
+    for tag in tags:
+        served = _read(client, image.repository, tag)
+        check_served(image.with_tag(tag), served.body if served else None,
+                     expected_digest=digest, expected_manifests=expected)
+        emit(f"[publish] verified {image.with_tag(tag)} -> {digest}")
+
+
+def describe(held: Mapping[str, Manifest | None]) -> str:
+    """`latest -> sha256:..., v2 absent`: what each tag holds, for logs and errors."""
+    return ", ".join(f"{tag} -> {m.digest}" if m else f"{tag} absent" for tag, m in held.items())
+
+
+def _read(client: RegistryClient, repository: str, reference: str) -> Manifest | None:
+    return retrying(lambda: read_manifest(client, repository, reference))
+
+
+def _holds(client: RegistryClient, repository: str, tag: str, digest: str) -> bool:
+    """Does the tag hold this digest? When the registry cannot say, assume it might."""
+    try:
+        held = _read(client, repository, tag)
+    except MultiarchError:
+        return True
+    return held is not None and held.digest == digest
 
 
 class PublishSpec(BaseModel):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from multiarch import credentials
 from multiarch.containerfile import base_images, final_base
 from multiarch.errors import ConfigurationError, MultiarchError, PublishError
 from multiarch.plan import REVISION_LABEL
@@ -24,7 +25,7 @@ from multiarch.platforms import Platform
 from multiarch.registry import RegistryTarget, fetch_manifest, manifest_digest
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformSummary
-from multiarch.source import PinnedSource, run_git
+from multiarch.source import PinnedSource, git_credentials_block, run_git
 
 INPUTS_ANNOTATION = "dev.multiarch.inputs.digest"
 BASES_ANNOTATION = "dev.multiarch.bases"
@@ -129,19 +130,29 @@ def read_containerfile(request: BuildRequest, source: PinnedSource) -> str:
             if path.is_file():
                 return path.read_text()
         raise ConfigurationError(f"containerfile: none of {', '.join(names)} in the context")
-    return _containerfile_from_git(source, names)
+    return _containerfile_from_git(source, names, block=git_credentials_block(request))
 
 
-def _containerfile_from_git(source: PinnedSource, names: tuple[str, ...]) -> str:
-    """Fetch commits and trees only, then the one blob (a blobless clone)."""
-    with tempfile.TemporaryDirectory(prefix="multiarch-cf-") as scratch:
-        run_git(["git", "clone", "--quiet", "--no-checkout", "--filter=blob:none", "--",
-                 source.location, scratch],
-                what=f"reading the Containerfile from {source.location}", timeout_s=300)
+def _containerfile_from_git(source: PinnedSource, names: tuple[str, ...], *,
+                            block: str | None = None) -> str:
+    """Fetch commits and trees only, then the one blob (a blobless clone).
+
+    `git show` fetches that blob from the remote, so it needs the credentials too.
+    """
+    lines = credentials.credential_lines(block)
+    secrets = credentials.secrets_of(lines)
+    url = credentials.clean_url(source.location)
+    with tempfile.TemporaryDirectory(prefix="multiarch-cf-") as scratch, \
+            credentials.temporary_store(lines) as store:
+        helper = credentials.helper_config(store)
+        run_git(["git", *helper, "clone", "--quiet", "--no-checkout", "--filter=blob:none",
+                 "--", url, scratch],
+                what=f"reading the Containerfile from {url}", timeout_s=300, secrets=secrets)
         for name in names:
             try:
-                return run_git(["git", "-C", scratch, "show", f"{source.revision}:{name}"],
-                               what=f"reading {name}")
+                return run_git(["git", *helper, "-C", scratch, "show",
+                                f"{source.revision}:{name}"],
+                               what=f"reading {name}", secrets=secrets)
             except ConfigurationError:
                 continue  # not at this path: try the next name
     raise ConfigurationError(f"containerfile: none of {', '.join(names)} at {source.revision}")

@@ -20,6 +20,7 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOST = rf"{_LABEL}(?:\.{_LABEL})*"
 REGISTRY_RE = re.compile(rf"^(?:{_HOST}|\[[0-9A-Fa-f:]+\])(?::[0-9]{{1,5}})?$")
 DEFAULT_TAG = "latest"
+MAX_PORT = 65535
 
 
 class ImageReference(TextValue):
@@ -81,6 +82,12 @@ def parse_reference_fields(text: str) -> dict[str, str | None]:
 def check_registry(registry: str) -> None:
     if not REGISTRY_RE.match(registry):
         raise ValueError(f"registry host {registry!r} is not a valid host[:port]")
+    host, sep, port = registry.rpartition(":")
+    if sep and not host.endswith(":") and port.isdigit() and not 1 <= int(port) <= MAX_PORT:
+        raise ValueError(
+            f"registry port {port} in {registry!r} is out of range: use a port from 1 to "
+            f"{MAX_PORT}, e.g. {host}:5000"
+        )
 
 
 def check_repository(repository: str) -> None:

@@ -1,14 +1,16 @@
-"""Registry I/O through skopeo: push an index layout by digest, tag it, read it back.
+"""Registry I/O through skopeo: push an index layout by digest, read manifests, check them.
 
 skopeo carries the registry's authentication (the machine's auth.json), TLS settings and
 retries, and with `--preserve-digests` it uploads the layout's bytes unchanged: no
 unpacking into container storage and no recompression, unlike `buildah manifest push`.
+Tags are not written here: `multiarch.registry_api` PUTs the pushed index's exact bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -16,11 +18,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from multiarch.errors import ConfigurationError, PublishError, TransientError
+from multiarch.errors import (
+    ConfigurationError,
+    PublishError,
+    StepFailed,
+    StepFailure,
+    TransientError,
+    TransientStepFailure,
+)
+from multiarch.failures import is_transient_message
 from multiarch.plan import Step
-from multiarch.runners.processes import TRANSIENT_MARKERS, run_step
+from multiarch.runners.processes import run_step
 
 PUSH_TIMEOUT_S = 3600
+# What skopeo says when the registry drops the connection while it is still sending a blob
+# (measured with a reset 32 KiB into a PATCH): Go reports its own write failing, not the
+# peer's reset. Passing, like any connection lost mid-request.
+# (Candidates for multiarch.failures' shared markers.)
+PUSH_TRANSIENT_MARKERS = ("use of closed network connection", "broken pipe")
 INSPECT_TIMEOUT_S = 120
 RETRY_TIMES = "3"
 
@@ -55,12 +70,42 @@ def push_layout(
         f"oci:{layout}:{ref_name}",
         f"docker://{destination}",
     )
-    run_step(
-        Step(name="push", argv=argv),
-        emit=emit,
-        deadline=time.monotonic() + PUSH_TIMEOUT_S,
-        label=label,
-    )
+    try:
+        run_step(
+            Step(name="push", argv=argv),
+            emit=emit,
+            deadline=time.monotonic() + PUSH_TIMEOUT_S,
+            label=label,
+        )
+    except StepFailure as exc:
+        raise skopeo_failure(exc, label=label, destination=destination) from exc
+
+
+def skopeo_error_line(tail: list[str]) -> str:
+    """skopeo's own error: its last `Error:`/`level=fatal` line, else its last line.
+
+    Earlier lines can be retries that later passed; the error line is why it stopped.
+    """
+    lines = [line.strip() for line in tail if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("Error") or "level=fatal" in line:
+            return _message_of(line)
+    return lines[-1] if lines else "no output"
+
+
+def _message_of(line: str) -> str:
+    """`time="..." level=fatal msg="what"` -> `what`; other lines as they are."""
+    found = re.search(r'level=fatal msg="((?:[^"\\]|\\.)*)"', line)
+    return found.group(1).replace('\\"', '"') if found else line
+
+
+def skopeo_failure(exc: StepFailure, *, label: str, destination: str) -> StepFailure:
+    """Re-classify a failed push by skopeo's error line: a registry 503 is transient."""
+    line = skopeo_error_line(exc.tail)
+    message = f"{label} pushing {destination} failed (exit {exc.exit_code}): {line}"
+    transient = is_transient_message(line) or any(m in line.lower() for m in PUSH_TRANSIENT_MARKERS)
+    kind = TransientStepFailure if transient else StepFailed
+    return kind(message, step=exc.step, exit_code=exc.exit_code, tail=exc.tail)
 
 
 def fetch_manifest(reference: str, *, target: RegistryTarget) -> bytes | None:
@@ -85,7 +130,7 @@ def fetch_manifest(reference: str, *, target: RegistryTarget) -> bytes | None:
     error = done.stderr.decode(errors="replace").strip()
     if "manifest unknown" in error.lower() or "not found" in error.lower():
         return None
-    if any(marker in error.lower() for marker in TRANSIENT_MARKERS):
+    if is_transient_message(error):
         raise TransientError(f"reading {reference} failed: {error.splitlines()[-1]}")
     raise PublishError(f"reading {reference} failed: {error.splitlines()[-1] if error else '?'}")
 
@@ -94,29 +139,29 @@ def manifest_digest(raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
-def verify_tag(
+def check_served(
     reference: str,
+    served: bytes | None,
     *,
     expected_digest: str,
     expected_manifests: dict[str, str],
-    target: RegistryTarget,
 ) -> dict[str, Any]:
     """Check a tag serves exactly the computed index, with every platform's manifest.
 
-    `expected_manifests` maps platform text (linux/arm64) to its manifest digest.
+    `served` is what the tag returned (None: no such tag); `expected_manifests` maps
+    platform text (linux/arm64) to its manifest digest.
     """
-    raw = fetch_manifest(reference, target=target)
-    if raw is None:
+    if served is None:
         raise PublishError(f"{reference} does not exist after the push")
-    digest = manifest_digest(raw)
+    digest = manifest_digest(served)
     if digest != expected_digest:
         raise PublishError(
             f"{reference} resolves to {digest}, not the computed index {expected_digest}: "
             "another push raced this one, or the registry rewrote the index"
         )
-    index = json.loads(raw)
-    served = {m.get("digest") for m in index.get("manifests", [])}
-    missing = [p for p, d in expected_manifests.items() if d not in served]
+    index = json.loads(served)
+    present = {m.get("digest") for m in index.get("manifests", [])}
+    missing = [p for p, d in expected_manifests.items() if d not in present]
     if missing:
         raise PublishError(f"{reference} lacks platforms {', '.join(missing)}")
     return index

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from multiarch.kube_options import KubernetesOptions
 from multiarch.platforms import Platform
@@ -21,6 +22,27 @@ from multiarch.references import DEFAULT_TAG, ImageReference, check_tag
 GIT_URL_RE = re.compile(r"^(?:https?|ssh|git|file)://|^[\w.-]+@[\w.-]+:")
 BUILD_ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_path_for_oci(path: str) -> None:
+    """Refuse paths that container references would cut short or misread.
+
+    skopeo's `oci:PATH:REF` splits at the first `:`, so `/a:b` would write a layout into
+    `/a` (outside the directory asked for); the build store is named to skopeo as
+    `containers-storage:[DRIVER@ROOT+RUNROOT]`, where `@`, `+`, `[` and `]` are separators.
+    Refusing is safer than escaping: no escape exists in either syntax.
+    """
+    if ":" in path:
+        raise ValueError(
+            f"{path!r} contains ':', which skopeo's oci:PATH:TAG reference splits on (the "
+            "layout would land elsewhere): choose a directory without ':'"
+        )
+    bad = sorted({c for c in path if c in "@+[]"})
+    if bad:
+        raise ValueError(
+            f"{path!r} contains {' '.join(bad)}, separators of the containers-storage:"
+            "[DRIVER@ROOT+RUNROOT] reference: choose a directory without them"
+        )
 
 
 def is_git_url(context: str) -> bool:
@@ -58,6 +80,20 @@ class RunnerOptions(BaseModel):
     kubernetes: KubernetesOptions = Field(
         default_factory=KubernetesOptions, description="Options of the kubernetes runner."
     )
+    git_credentials_block: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block holding git credentials "
+        "(https://USER:TOKEN@HOST lines) for a git context; never the credentials themselves.",
+    )
+
+    @field_validator("work_dir", "shared_dir")
+    @classmethod
+    def _usable_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value.strip():
+                raise ValueError("is empty: give a directory, or leave it out for the default")
+            check_path_for_oci(value)
+        return value
 
 
 class BuildRequest(BaseModel):
@@ -194,9 +230,19 @@ def describe_validation_error(error: ValidationError) -> str:
 
     Cross-field checks have no location of their own; their messages start with the field.
     """
+    items = error.errors()
     lines = []
-    for item in error.errors():
+    for item in items:
+        if item["type"] == "too_short" and _has_item_errors(item["loc"], items):
+            continue  # pydantic's echo of an item refused above ("at least 1 item ...")
         message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "too_short":
+            message = "none given: name at least one (e.g. --platform linux/amd64)"
         field = ".".join(str(part) for part in item["loc"])
         lines.append(f"{field}: {message}" if field else message)
     return "; ".join(lines)
+
+
+def _has_item_errors(loc: tuple[int | str, ...], items: list[ErrorDetails]) -> bool:
+    return any(len(other["loc"]) > len(loc) and other["loc"][: len(loc)] == loc
+               for other in items)

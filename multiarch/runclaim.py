@@ -25,6 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from multiarch.netsweep import sweep_dead_networks
+
 RUNS_DIR = "runs"
 BUILDS_DIR = "builds"
 API_TIMEOUT_S = 5.0
@@ -89,23 +91,70 @@ def sweep(work: Path, *, emit: Callable[[str], None] = lambda _: None) -> list[S
     """Remove what dead runs under `work` left behind; returns what was removed.
 
     Build directories that no record names (a crash before the record was written, an
-    older version) are removed when no live run claims them.
+    older version) are removed when no live run claims them. RUN containers killed with
+    their run hold CNI addresses and iptables rules machine-wide; those are released too.
     """
     swept: list[Swept] = []
     live: set[str] = set()
-    for path in sorted((work / RUNS_DIR).glob("*.json")):
+    records = [p for p in (work / RUNS_DIR).glob("*.json") if not p.name.endswith(".tags.json")]
+    for path in sorted(records):  # (a run's tag journal sits next to its record)
         owned = _take_if_dead(path)
         if owned is None:
             live.add(path.stem)
             continue
         record, fd = owned
         try:
+            swept += restore_tags_of_dead_run(work, path, emit=emit)
             swept += _sweep_record(record, emit=emit)
             path.unlink(missing_ok=True)
         finally:
             os.close(fd)
     swept += _sweep_unclaimed_builds(work, live=live, emit=emit)
+    for released in sweep_dead_networks(emit=emit):
+        swept.append(Swept(what="network of a dead RUN container released", detail=released))
     return swept
+
+
+def restore_tags_of_dead_run(work: Path, record: Path, *,
+                             emit: Callable[[str], None]) -> list[Swept]:
+    """A run killed between two tag writes left a journal: put its tags back.
+
+    Under the repository's publish lock, so that no publish on this machine runs at the
+    same time; only tags that still hold the dead run's index are touched.
+    """
+    from multiarch.publish import describe, restore_tags
+    from multiarch.publish_lock import publish_lock
+    from multiarch.registry_api import read_manifest, registry_client
+    from multiarch.tagjournal import journal_path, read_journal
+
+    path = journal_path(record.parent, record.stem)
+    journal = read_journal(path)
+    if journal is None:
+        path.unlink(missing_ok=True)
+        return []
+    name = f"{journal.registry}/{journal.repository}"
+    before = journal.recorded()
+    try:
+        with publish_lock(work, name, emit=emit), \
+                registry_client(journal.registry, insecure=journal.insecure) as client:
+            now = {tag: read_manifest(client, journal.repository, tag) for tag in before}
+            moved = [tag for tag, held in now.items()
+                     if held is not None and held.digest == journal.index_digest
+                     and (before[tag] is None or before[tag].digest != journal.index_digest)]
+            outcome = restore_tags(client, journal.repository, moved, before,
+                                   index_digest=journal.index_digest,
+                                   index_is_new=journal.index_is_new)
+    except Exception as exc:  # the registry is down: keep the journal for the next sweep
+        emit(f"could not put back the tags of {name} a dead run was writing: {exc}")
+        return [Swept(what="tags NOT put back (kept for the next sweep)",
+                      detail=f"{name}: {exc}")]
+    path.unlink(missing_ok=True)
+    if not moved:
+        return []
+    item = Swept(what="tags put back", detail=f"{name}: {', '.join(moved)}: {outcome}"
+                 if "INCOMPLETE" in outcome else f"{name}: {describe(before)}")
+    emit(f"swept after a dead run: {item}")
+    return [item]
 
 
 def _take_if_dead(path: Path) -> tuple[RunRecord | None, int] | None:

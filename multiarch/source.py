@@ -2,6 +2,10 @@
 
 A git ref such as `main` can move while platforms build; resolving it to a commit before
 the fan-out is what makes the published index one coherent build.
+
+The pinned location is always the URL without credentials: labels, annotations, Job specs
+and the publish spec are built from it, so they are clean by construction. git gets the
+credentials through a store file (multiarch.credentials), and its errors are redacted.
 """
 
 from __future__ import annotations
@@ -9,11 +13,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from multiarch import credentials
 from multiarch.errors import ConfigurationError, TransientError
 from multiarch.request import BuildRequest
 
@@ -35,7 +41,7 @@ class PinnedSource(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     kind: Literal["local", "git"]
-    location: str  # absolute directory, or the git URL
+    location: str  # absolute directory, or the git URL without credentials
     revision: str | None = None  # commit SHA when known
     ref: str | None = None  # what the user asked for
 
@@ -43,21 +49,35 @@ class PinnedSource(BaseModel):
 def pin_source(request: BuildRequest) -> PinnedSource:
     if request.is_git:
         ref = request.git_ref or "HEAD"
+        # Normally the CLI or the flow has done this already; here it is the safety net.
+        url = credentials.move_to_environment(request.context)
         return PinnedSource(
             kind="git",
-            location=request.context,
+            location=url,
             ref=ref,
-            revision=resolve_git_ref(request.context, ref),
+            revision=resolve_git_ref(url, ref, block=git_credentials_block(request)),
         )
     directory = Path(request.context).resolve()
     return PinnedSource(kind="local", location=str(directory), revision=local_revision(directory))
 
 
-def resolve_git_ref(url: str, ref: str) -> str:
+def git_credentials_block(request: BuildRequest) -> str | None:
+    """The Secret block a run reads git credentials from, if it names one."""
+    return request.runner.git_credentials_block
+
+
+def resolve_git_ref(url: str, ref: str, *, block: str | None = None) -> str:
     """Resolve a branch or tag to a commit with `git ls-remote`; a full SHA is kept as is."""
     if COMMIT_RE.match(ref):
         return ref
-    output = run_git(["git", "ls-remote", "--", url, ref], what=f"listing refs of {url}")
+    url = credentials.clean_url(url)
+    lines = credentials.credential_lines(block)
+    with credentials.temporary_store(lines) as store:
+        output = run_git(
+            ["git", *credentials.helper_config(store), "ls-remote", "--", url, ref],
+            what=f"listing refs of {url}",
+            secrets=credentials.secrets_of(lines),
+        )
     refs: dict[str, str] = {}
     for line in output.splitlines():
         sha, _, name = line.partition("\t")
@@ -102,9 +122,11 @@ def local_revision(directory: Path) -> str | None:
     return head.stdout.strip() or None
 
 
-def run_git(argv: list[str], *, what: str, timeout_s: int = GIT_TIMEOUT_S) -> str:
+def run_git(argv: list[str], *, what: str, timeout_s: int = GIT_TIMEOUT_S,
+            secrets: list[str] | None = None) -> str:
     """Run git without prompts; failures become ConfigurationError or, when they look
-    passing (network), TransientError, with git's last line in the message."""
+    passing (network), TransientError, with git's last line in the message, redacted
+    (no URL userinfo, none of `secrets`)."""
     try:
         done = subprocess.run(
             argv,
@@ -117,11 +139,49 @@ def run_git(argv: list[str], *, what: str, timeout_s: int = GIT_TIMEOUT_S) -> st
     except FileNotFoundError as exc:
         raise ConfigurationError("git is not installed: install Debian package git") from exc
     except subprocess.TimeoutExpired as exc:
-        raise TransientError(f"{what} timed out after {timeout_s}s") from exc
+        raise TransientError(
+            credentials.redact(f"{what} timed out after {timeout_s}s", secrets or ())
+        ) from exc
     if done.returncode != 0:
         reason = done.stderr.strip().splitlines()[-1:] or ["no output"]
-        message = f"{what} failed: {reason[0]}"
+        message = credentials.redact(f"{what} failed: {reason[0]}", secrets or ())
         if any(marker in done.stderr.lower() for marker in _TRANSIENT_GIT):
             raise TransientError(message)
         raise ConfigurationError(message)
     return done.stdout
+
+
+def write_git_store(request: BuildRequest, path: Path) -> str | None:
+    """Write the run's git credentials (0600) where a fetch step's git reads them; None
+    when the run has none, so its git runs without a credential helper.
+
+    The local runner puts it in the run's scratch: removed with it, and by the sweep of a
+    killed run.
+    """
+    lines = credentials.credential_lines(git_credentials_block(request))
+    if not lines:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(credentials.write_store(path, lines))
+
+
+CONTEXT_CREDENTIALS_WARNING = (
+    "context {url} was given with credentials in the URL: Prefect has already stored this "
+    "flow run's parameters with them. The build uses them from the run's environment and "
+    "shows only the URL without them; rotate that token, and give credentials through a "
+    "Secret block (runner.git_credentials_block), env {file_env} or, on Kubernetes, "
+    "runner.kubernetes.git_credentials_secret instead"
+)
+
+
+def without_context_credentials(request: BuildRequest,
+                                warn: Callable[[str], None]) -> BuildRequest:
+    """A deployment passed `context` with userinfo: keep it working (the credential moves to
+    the run's environment), strip it from everything after this point, and say why that
+    is too late for the stored parameters."""
+    if not request.is_git or not credentials.has_credentials(request.context):
+        return request
+    clean = credentials.move_to_environment(request.context)
+    warn(CONTEXT_CREDENTIALS_WARNING.format(url=clean,
+                                            file_env=credentials.ENV_CREDENTIALS_FILE))
+    return request.model_copy(update={"context": clean})

@@ -14,10 +14,12 @@ from multiarch.platforms import Platform
 from multiarch.publish import publish_request
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
+from multiarch.runclaim import RUNS_DIR
 from multiarch.runners import local
 from multiarch.runners.local import LineLogger, RunDirs
 from multiarch.runners.processes import kill_all_steps
 from multiarch.source import PinnedSource
+from multiarch.tagjournal import journal_path
 
 
 def preflight(request: BuildRequest) -> list[str]:
@@ -48,7 +50,8 @@ def publish(request: BuildRequest, source: PinnedSource, images: list[PlatformIm
                                           flow_run_id=flow_run_id, emit=log.info,
                                           annotations=annotations)
     return publish_request(request, source, images, index_dir=dirs.run_shared / "index",
-                           emit=log.info, annotations=annotations)
+                           emit=log.info, annotations=annotations,
+                           journal=journal_path(dirs.work / RUNS_DIR, dirs.run_id))
 
 
 def cleanup_run(request: BuildRequest, dirs: RunDirs) -> None:

@@ -29,6 +29,7 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from multiarch.credentials import credential_lines
 from multiarch.diagnostics import Diagnosis, Verdict, diagnose_pod
 from multiarch.errors import (
     ConfigurationError,
@@ -38,6 +39,7 @@ from multiarch.errors import (
     TransientError,
     TransientStepFailure,
 )
+from multiarch.failures import classify_output
 from multiarch.jobs import SHARED_MOUNT, TERMINATION_LOG, platform_job, pod_paths, publish_job
 from multiarch.kube_options import KubernetesOptions
 from multiarch.plan import LAYOUT_REF
@@ -45,8 +47,8 @@ from multiarch.platforms import Platform
 from multiarch.publish import PublishSpec, publish_spec_step
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
-from multiarch.runners.processes import TAIL_LINES, TRANSIENT_MARKERS
-from multiarch.source import PinnedSource
+from multiarch.runners.processes import TAIL_LINES
+from multiarch.source import PinnedSource, git_credentials_block
 
 WATCH_CHUNK_S = 30  # longest single watch call; the loop re-checks deadlines between calls
 LOG_RECONNECT_DELAY_S = 0.2
@@ -299,9 +301,10 @@ def _failure(diagnosis: Diagnosis, *, label: str, tail: list[str]) -> MultiarchE
     last = next((line for line in reversed(tail) if line.strip()), "")
     message = f"{label} {diagnosis.message}" + (f": {last.strip()}" if last else "")
     step = diagnosis.step or "pod"
+    # The pod's own verdict (evicted, image pull), else the failing tool's own error line:
+    # a RUN step that printed "connection refused" and then failed is not retried.
     if diagnosis.verdict == Verdict.TRANSIENT or (
-        any(marker in "\n".join(tail).lower() for marker in TRANSIENT_MARKERS)
-        and diagnosis.exit_code not in (None, 0)
+        diagnosis.exit_code not in (None, 0) and classify_output(tail).transient
     ):
         return TransientStepFailure(message, step=step, exit_code=diagnosis.exit_code, tail=tail)
     return StepFailed(message, step=step, exit_code=diagnosis.exit_code, tail=tail)
@@ -415,6 +418,10 @@ class LogFollower(threading.Thread):
 def build_platform_job(request: BuildRequest, source: PinnedSource, platform: Platform, *,
                        run_id: str, flow_run_id: str, emit: Emit) -> PlatformImage:
     options = request.runner.kubernetes
+    if source.kind == "git" and not options.git_credentials_secret and \
+            credential_lines(git_credentials_block(request)):
+        emit(f"[{platform}] this run has git credentials, but they never go into a Job spec: "
+             "the fetch pod gets them only from runner.kubernetes.git_credentials_secret")
     manifest = platform_job(request, source, platform, run_id=run_id, flow_run_id=flow_run_id)
     started = time.monotonic()
     outcome = run_job(connect(options), manifest, label=f"[{platform}]",

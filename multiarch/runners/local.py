@@ -11,23 +11,26 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from multiarch.emulation import emulation_status, host_architecture
 from multiarch.errors import ConfigurationError
 from multiarch.oci import read_layout_image
-from multiarch.plan import PlanPaths, plan_build
+from multiarch.plan import PlanPaths, plan_build, sandbox_tmp
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest
 from multiarch.results import PlatformImage
 from multiarch.runclaim import remove_tree
 from multiarch.runners.processes import run_step
-from multiarch.source import PinnedSource
+from multiarch.source import PinnedSource, write_git_store
 
 DEFAULT_WORK_DIR = "/var/tmp/multiarch"  # noqa: S108 - a fixed, root-owned scratch root
-REQUIRED_TOOLS = ("buildah", "skopeo")
+# Tool -> the Debian package that ships it. runc runs each RUN step in its own
+# namespaces (buildah --isolation oci); unshare gives each step a PID namespace.
+REQUIRED_TOOLS = {"buildah": "buildah", "skopeo": "skopeo", "runc": "runc",
+                  "unshare": "util-linux"}
 
 
 class LineLogger(Protocol):
@@ -77,13 +80,12 @@ def is_native(platform: Platform) -> bool:
 
 def preflight(request: BuildRequest) -> list[str]:
     """Check tools and emulation before any build starts; returns notes for the log."""
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-    if request.is_git and shutil.which("git") is None:
-        missing.append("git")
+    wanted = {**REQUIRED_TOOLS, **({"git": "git"} if request.is_git else {})}
+    missing = {tool: package for tool, package in wanted.items() if shutil.which(tool) is None}
     if missing:
         raise ConfigurationError(
             f"missing tools for the local runner: {', '.join(missing)}: install the Debian "
-            f"packages of the same names (make deps does)"
+            f"packages {' '.join(sorted(set(missing.values())))} (make deps does)"
         )
     notes = []
     host = host_architecture()
@@ -116,10 +118,14 @@ def build_platform(
 ) -> PlatformImage:
     """Run one platform's plan and return its image, read back from the layout."""
     paths = dirs.platform_paths(platform)
+    if source.kind == "git":  # credentials by file path, never on argv (multiarch.credentials)
+        paths = replace(paths, git_credentials=write_git_store(
+            request, dirs.run_scratch / f"{platform.slug}.git-credentials"))
     plan = plan_build(request, source, platform, paths, run_id=dirs.run_id)
     scratch = dirs.scratch(platform)
     layout = Path(plan.layout)
     _fresh_dir(scratch)
+    Path(sandbox_tmp(paths)).mkdir(parents=True)
     shutil.rmtree(layout, ignore_errors=True)  # a retry starts from an empty layout
     layout.parent.mkdir(parents=True, exist_ok=True)
     label = f"[{platform}]"

@@ -27,29 +27,21 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from multiarch.credentials import ENV_CREDENTIALS
 from multiarch.errors import ConfigurationError, StepFailed, TransientStepFailure
+from multiarch.failures import (
+    TRANSIENT_MARKERS,  # noqa: F401 - registry.py and kubernetes.py import it from here
+    classify_output,
+    step_paths,
+)
 from multiarch.plan import Step
 
 TAIL_LINES = 20
+SECRET_ENV = frozenset({ENV_CREDENTIALS})
 KILL_GRACE_S = 5.0
-# Output that marks a failure as passing: the registry or network, not the Containerfile.
-TRANSIENT_MARKERS = (
-    "connection reset by peer",
-    "connection refused",
-    "i/o timeout",
-    "tls handshake timeout",
-    "502 bad gateway",
-    "503 service unavailable",
-    "504 gateway timeout",
-    "toomanyrequests",
-    "too many requests",
-    "temporary failure in name resolution",
-    "unexpected eof",
-    "no space left on device",
-)
 
 # A fresh PID namespace (with its own /proc) and a private mount namespace; unshare's
 # child is killed when unshare dies (--kill-child).
@@ -92,9 +84,16 @@ class StepOutcome:
 
 
 def kill_all_steps() -> int:
-    """Kill every step process group still running (cancellation, crash, exit)."""
+    """Kill every step process group still running (cancellation, crash, exit).
+
+    All groups get SIGTERM at once and share one grace period, so stopping two platforms
+    takes as long as stopping one (contract: everything gone within 10 s).
+    """
     with _live_lock:
         groups = list(_live_groups)
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGTERM)
     for group in groups:
         _kill_group(group)
     return len(groups)
@@ -120,7 +119,9 @@ def run_step(
             exit_code=None,
             tail=[],
         )
-    env = {**os.environ, **step.env}
+    # Git credentials reach git through a store file (multiarch.credentials); no step
+    # (buildah, and through it a RUN step) inherits them from our environment.
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV} | dict(step.env)
     if shutil.which(step.argv[0], path=env.get("PATH")) is None:
         raise ConfigurationError(
             f"{label}: {step.argv[0]} is not installed (needed by step {step.name})"
@@ -161,21 +162,29 @@ def run_step(
             tail=list(tail),
         )
     if exit_code != 0:
-        raise classify_failure(step.name, exit_code, list(tail), label=label)
+        raise classify_failure(step.name, exit_code, list(tail), label=label,
+                               paths=step_paths(step.argv))
     return StepOutcome(name=step.name, exit_code=0, duration_s=time.monotonic() - started)
 
 
 def classify_failure(
-    step: str, exit_code: int, tail: list[str], *, label: str
+    step: str, exit_code: int, tail: list[str], *, label: str, paths: Sequence[str] = ()
 ) -> StepFailed | TransientStepFailure:
-    last = next((line for line in reversed(tail) if line.strip()), "no output")
-    message = f"{label}: step {step} exited with {exit_code}: {last.strip()}"
-    text = "\n".join(tail).lower()
+    """Retry or not, from the tool's own error line (multiarch.failures), never a RUN step's.
+
+    `paths` are the step's directories: a full disk is reported with its free space.
+    """
     if exit_code < 0 and -exit_code == signal.SIGKILL:
+        last = next((line for line in reversed(tail) if line.strip()), "no output")
+        message = f"{label}: step {step} exited with {exit_code}: {last.strip()}"
         return TransientStepFailure(
             message + " (killed: out of memory?)", step=step, exit_code=exit_code, tail=tail
         )
-    if any(marker in text for marker in TRANSIENT_MARKERS):
+    verdict = classify_output(tail, paths=paths)
+    message = f"{label}: step {step} exited with {exit_code}: {verdict.line}"
+    if verdict.reason.startswith("no space left"):
+        message += f" ({verdict.reason}: {verdict.hint})"
+    if verdict.transient:
         return TransientStepFailure(message, step=step, exit_code=exit_code, tail=tail)
     return StepFailed(message, step=step, exit_code=exit_code, tail=tail)
 

@@ -24,9 +24,17 @@ import pytest
 
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest, RunnerOptions
-from multiarch.runclaim import mounts_under
+from multiarch.runclaim import mounts_under, sweep
 from multiarch.runners.local import RunDirs, build_platform
 from multiarch.source import PinnedSource
+from tests.faults.hoststate import (
+    age_networks,
+    host_runtime_state,
+    networks_since,
+    processes_with,
+    runtime_files_since,
+    still_held,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -79,19 +87,6 @@ def token() -> str:
     """A `sleep` duration nothing else on this machine uses: finds the build's daemon."""
     return f"300.{uuid.uuid4().int % 10**9:09d}"
 
-
-def processes_with(text: str) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline and "pytest" not in cmdline:
-            found.append(f"{proc.name}: {cmdline}")
-    return found
 
 
 def left_running(text: str, wait_s: float = 10.0) -> list[str]:
@@ -277,6 +272,7 @@ def test_sigkill_of_the_runner_mid_build_leaves_no_process_and_no_mount(
     marker = token()
     context = daemon_context(tmp_path, f"sleep {marker}")
     work = tmp_path / "work"
+    host_state_before = host_runtime_state()
     runner = subprocess.Popen(
         [sys.executable, "-c", RUNNER, str(context), str(work), playground.base, marker],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
@@ -296,7 +292,15 @@ def test_sigkill_of_the_runner_mid_build_leaves_no_process_and_no_mount(
     assert left_running(marker) == []
     assert processes_with(str(context)) == [], "a step of the killed runner is still running"
     assert mounts_under(tmp_path) == []
+    assert runtime_files_since(host_state_before) == []  # runc state stays in the scratch
+    networks = networks_since(host_state_before)
+    containers = age_networks(networks)
+    swept = [str(item) for item in sweep(work)]
+    assert still_held(networks, containers) == [], swept
+    assert not (work / "builds").exists() or not any((work / "builds").iterdir())
     record_scenario("SIGKILL of the runner during a RUN step (local runner)",
                     "the kernel ends the step's PID namespace: buildah, the RUN step and "
-                    "its daemon die; its mounts vanish with the namespace",
-                    "the build's scratch directory (swept by the next run or gc)")
+                    "its daemon die; its mounts vanish with the namespace; the next sweep "
+                    "removes the scratch and releases the RUN container's CNI address and "
+                    "iptables rules (buildah had no chance to)",
+                    "nothing after the sweep")

@@ -7,9 +7,16 @@ import json
 import kubernetes_validate
 import pytest
 
-from multiarch.jobs import build_job, label_value, node_selector, pod_paths, publish_job
+from multiarch.jobs import (
+    build_job,
+    label_value,
+    node_selector,
+    platform_job,
+    pod_paths,
+    publish_job,
+)
 from multiarch.kube_options import KubernetesOptions, PlatformPlacement
-from multiarch.plan import plan_build
+from multiarch.plan import FETCH_SCRIPT, plan_build
 from multiarch.platforms import Platform
 from multiarch.publish import PublishSpec, publish_spec_step
 from multiarch.request import BuildRequest, RunnerOptions
@@ -35,7 +42,8 @@ def request(**kube) -> BuildRequest:
 def manifest_for(platform: str, **kube) -> dict:
     req = request(**kube)
     target = Platform.parse(platform)
-    plan = plan_build(req, SOURCE, target, pod_paths("run1", target), run_id="run1")
+    paths = pod_paths("run1", target, req.runner.kubernetes)
+    plan = plan_build(req, SOURCE, target, paths, run_id="run1")
     return build_job(
         plan.steps,
         platform=target,
@@ -106,20 +114,15 @@ def test_build_job_for_arm64_is_exactly_this():
                         step(
                             "fetch",
                             [
-                                "git",
-                                "clone",
-                                "--quiet",
-                                "--no-checkout",
-                                "--filter=blob:none",
-                                "--",
+                                "sh",
+                                "-c",
+                                FETCH_SCRIPT.replace("$", "$$"),
+                                "fetch",
                                 SOURCE.location,
                                 "/workspace/src",
+                                SHA,
                             ],
                             {"GIT_TERMINAL_PROMPT": "0"},
-                        ),
-                        step(
-                            "checkout",
-                            ["git", "-C", "/workspace/src", "checkout", "--quiet", "--detach", SHA],
                         ),
                         step(
                             "build",
@@ -256,6 +259,38 @@ def test_publish_job_mounts_the_secret_only_into_its_push_step():
     assert secret_volume["secret"]["secretName"] == "registry-auth"
 
 
+def test_git_credentials_secret_is_mounted_only_into_the_fetch_step():
+    manifest = manifest_for("linux/arm64", git_credentials_secret="git-creds")
+    pod = manifest["spec"]["template"]["spec"]
+    steps = {c["name"]: c for c in [*pod["initContainers"], *pod["containers"]]}
+    mount = {"name": "git-credentials", "mountPath": "/run/multiarch/git-credentials",
+             "readOnly": True}
+    assert [name for name, c in steps.items() if mount in c["volumeMounts"]] == ["fetch"]
+    assert steps["fetch"]["args"][-4:] == [
+        "-c", "credential.helper=", "-c",
+        "credential.helper=store --file=/run/multiarch/git-credentials/.git-credentials",
+    ]  # fmt: skip
+    assert steps["fetch"]["env"] == [{"name": "GIT_TERMINAL_PROMPT", "value": "0"}]
+    assert all("valueFrom" not in e for c in steps.values() for e in c["env"])
+    volume = next(v for v in pod["volumes"] if v["name"] == "git-credentials")
+    assert volume["secret"] == {"secretName": "git-creds", "defaultMode": 0o400,
+                                "items": [{"key": ".git-credentials",
+                                           "path": ".git-credentials"}]}
+
+
+def test_a_context_with_credentials_never_reaches_the_job():
+    dirty = "https://bob:s3cret-token@git.example.com/team/hello.git"
+    req = BuildRequest(image="registry.example.com/team/hello:1.0", platforms=("linux/amd64",),
+                       context=dirty, runner=RunnerOptions(kind="kubernetes"))
+    source = PinnedSource(kind="git", location=dirty, revision=SHA, ref="main")
+    manifest = platform_job(req, source, Platform.parse("linux/amd64"), run_id="r",
+                            flow_run_id="f")
+    text = json.dumps(manifest)
+    assert "s3cret" not in text
+    assert "https://git.example.com/team/hello.git" in text
+    assert "git-credentials" not in text  # no Secret configured: no helper, no volume
+
+
 def test_label_values_are_kubernetes_safe():
     assert label_value("linux/arm/v7") == "linux-arm-v7"
     assert label_value("x" * 80 + "-") == "x" * 63
@@ -266,6 +301,7 @@ VARIANTS = [
     ("linux/amd64", {}),
     ("linux/arm64", {"security": "minimal"}),
     ("linux/arm/v7", {"registry_secret": "reg"}),
+    ("linux/amd64", {"git_credentials_secret": "git-creds", "security": "minimal"}),
     (
         "linux/arm64",
         {

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from multiarch.plan import PlanPaths, Step, export_step, plan_build
+from multiarch.plan import FETCH_SCRIPT, PlanPaths, Step, export_step, plan_build
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest
 from multiarch.source import PinnedSource
@@ -80,10 +80,12 @@ def test_local_context_with_everything(context: Path) -> None:
         "--label", "tier=web",
         "--label", f"org.opencontainers.image.revision={SHA}",
         "--target", "runtime",
+        "--runtime-flag", "root=/scratch/run1/runroot/runc",
         "--tag", image,
         str(context),
     )  # fmt: skip
-    assert dict(build.env) == {"BUILDAH_ISOLATION": "oci"}
+    assert dict(build.env) == {"BUILDAH_ISOLATION": "oci",
+                               "TMPDIR": "/scratch/run1/runroot/buildah-tmp"}
     assert export.argv == (
         "skopeo", "copy",
         "--dest-compress", "--dest-compress-format", "gzip",
@@ -105,6 +107,7 @@ def test_local_context_minimal(context: Path) -> None:
         "buildah", *storage("overlay"), "build",
         "--isolation", "oci", "--runtime", "runc",
         "--platform", "linux/arm/v7",
+        "--runtime-flag", "root=/scratch/run1/runroot/runc",
         "--tag", image,
         str(context),
     )  # fmt: skip
@@ -124,16 +127,12 @@ def test_git_source_fetches_checks_out_and_labels() -> None:
     plan = plan_build(request, source, Platform.parse("linux/amd64"), PATHS, run_id="r9")
 
     image = "localhost/multiarch/linux-amd64:r9"
-    assert [step.name for step in plan.steps] == ["fetch", "checkout", "build", "export"]
-    fetch, checkout, build, export = plan.steps
+    assert [step.name for step in plan.steps] == ["fetch", "build", "export"]
+    fetch, build, export = plan.steps
     assert fetch.argv == (
-        "git", "clone", "--quiet", "--no-checkout", "--filter=blob:none", "--",
-        GIT_URL, "/scratch/run1/checkout",
+        "sh", "-c", FETCH_SCRIPT, "fetch", GIT_URL, "/scratch/run1/checkout", SHA,
     )  # fmt: skip
     assert dict(fetch.env) == {"GIT_TERMINAL_PROMPT": "0"}
-    assert checkout.argv == (
-        "git", "-C", "/scratch/run1/checkout", "checkout", "--quiet", "--detach", SHA,
-    )  # fmt: skip
     assert build.argv == (
         "buildah", *storage("overlay"), "build",
         "--isolation", "oci", "--runtime", "runc",
@@ -142,6 +141,7 @@ def test_git_source_fetches_checks_out_and_labels() -> None:
         "--build-arg", "A=b",
         "--label", f"org.opencontainers.image.source={GIT_URL}",
         "--label", f"org.opencontainers.image.revision={SHA}",
+        "--runtime-flag", "root=/scratch/run1/runroot/runc",
         "--tag", image,
         "/scratch/run1/checkout",
     )  # fmt: skip
@@ -155,8 +155,8 @@ def test_git_url_starting_with_dash_stays_after_double_dash() -> None:
     request = request_for(GIT_URL)
     source = PinnedSource(kind="git", location="--upload-pack=evil.git", revision=SHA)
     fetch = plan_build(request, source, Platform.parse("linux/amd64"), PATHS, run_id="r").steps[0]
-    separator = fetch.argv.index("--")
-    assert fetch.argv[separator + 1] == "--upload-pack=evil.git"
+    assert fetch.argv[3:5] == ("fetch", "--upload-pack=evil.git")  # "$1" of the script
+    assert '-- "$url"' in FETCH_SCRIPT
 
 
 def test_user_labels_override_provenance() -> None:
@@ -168,7 +168,7 @@ def test_user_labels_override_provenance() -> None:
         },
     )
     source = PinnedSource(kind="git", location=GIT_URL, revision=SHA)
-    build = plan_build(request, source, Platform.parse("linux/amd64"), PATHS, run_id="r").steps[2]
+    build = plan_build(request, source, Platform.parse("linux/amd64"), PATHS, run_id="r").steps[1]
     labels = [build.argv[i + 1] for i, arg in enumerate(build.argv) if arg == "--label"]
     assert labels == [
         "org.opencontainers.image.source=https://example.com/public",
@@ -201,6 +201,7 @@ def test_hostile_build_args_reach_argv_verbatim(context: Path) -> None:
         "--isolation", "oci", "--runtime", "runc",
         "--platform", "linux/amd64",
         *pairs,
+        "--runtime-flag", "root=/scratch/run1/runroot/runc",
         "--tag", image,
         str(context),
     )  # fmt: skip
@@ -251,7 +252,8 @@ def test_local_runs_run_steps_in_an_oci_container(context: Path) -> None:
     build = plan_build(request, source, Platform.parse("linux/arm64"), PATHS, run_id="r").steps[0]
     at = build.argv.index("--isolation")
     assert build.argv[at : at + 4] == ("--isolation", "oci", "--runtime", "runc")
-    assert dict(build.env) == {"BUILDAH_ISOLATION": "oci"}
+    assert dict(build.env) == {"BUILDAH_ISOLATION": "oci",
+                               "TMPDIR": "/scratch/run1/runroot/buildah-tmp"}
 
 
 def test_kubernetes_keeps_chroot_isolation_inside_its_pod() -> None:

@@ -72,6 +72,19 @@ def test_rejects_with_reason(text: str, fragment: str) -> None:
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize("port", ["0", "65536", "99999"])
+def test_port_out_of_range_is_refused_naming_the_range(port: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        ref(f"127.0.0.1:{port}/team/app")
+    assert f"registry port {port} in '127.0.0.1:{port}' is out of range: use a port from 1 " \
+        "to 65535, e.g. 127.0.0.1:5000" in str(info.value)
+
+
+@pytest.mark.parametrize("registry", ["127.0.0.1:1", "localhost:65535", "[::1]:5000", "[::1]"])
+def test_ports_in_range_and_ipv6_hosts_are_accepted(registry: str) -> None:
+    assert ref(f"{registry}/team/app").registry == registry
+
+
 def test_longest_tag_is_accepted() -> None:
     assert ref("localhost/app:" + "t" * 128).tag == "t" * 128
 

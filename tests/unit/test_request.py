@@ -84,7 +84,36 @@ def test_duplicate_platform_spellings_are_rejected(context: Path) -> None:
 
 
 def test_no_platforms(context: Path) -> None:
-    assert error_of(context, platforms=[]).startswith("platforms: ")
+    assert error_of(context, platforms=[]) == (
+        "platforms: none given: name at least one (e.g. --platform linux/amd64)"
+    )
+
+
+@pytest.mark.parametrize("platform", ["linux/sparc", "linux", "windows/amd64", "linux/arm/v9"])
+def test_a_lone_bad_platform_gives_one_clean_problem(context: Path, platform: str) -> None:
+    message = error_of(context, platforms=[platform])
+    assert message.startswith("platforms.0: platform ")
+    assert ";" not in message
+    assert "Tuple should" not in message
+
+
+@pytest.mark.parametrize("name", ["work_dir", "shared_dir"])
+def test_a_colon_in_a_directory_is_refused_with_the_reason(context: Path, name: str) -> None:
+    message = error_of(context, runner={name: "/srv/build:2"})
+    assert message == (
+        f"runner.{name}: '/srv/build:2' contains ':', which skopeo's oci:PATH:TAG reference "
+        "splits on (the layout would land elsewhere): choose a directory without ':'"
+    )
+
+
+@pytest.mark.parametrize("path", ["/srv/a+b", "/srv/a@b", "/srv/[a]"])
+def test_storage_reference_separators_are_refused(context: Path, path: str) -> None:
+    assert "containers-storage:[DRIVER@ROOT+RUNROOT]" in error_of(context,
+                                                                   runner={"work_dir": path})
+
+
+def test_an_empty_directory_is_refused(context: Path) -> None:
+    assert error_of(context, runner={"work_dir": " "}).startswith("runner.work_dir: is empty")
 
 
 def test_missing_platforms(context: Path) -> None:

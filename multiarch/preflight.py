@@ -1,0 +1,122 @@
+"""Checks that take seconds and save minutes: run before any build starts.
+
+Without them a wrong `--target`, a full or read-only work directory or an unreachable
+registry fails only after every platform has built (measured: 9 s for a missing stage,
+57 s for an unreachable registry). Each check raises ConfigurationError with one line that
+starts with the field at fault and says what to do; passing checks return notes for the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+from multiarch.containerfile import stages
+from multiarch.errors import ConfigurationError, TransientError
+from multiarch.rebuild import read_containerfile
+from multiarch.registry_api import check_push_access
+from multiarch.request import BuildRequest, check_path_for_oci
+from multiarch.runners.local import DEFAULT_WORK_DIR, run_dirs
+from multiarch.source import PinnedSource
+
+GIB = 1024**3
+MIN_FREE_BYTES = 1 * GIB  # below this a build of even a small image may run out mid-way
+PROBE_NAME = ".multiarch-preflight-probe"
+EXAMPLE_DIRS = {"work_dir": DEFAULT_WORK_DIR, "shared_dir": f"{DEFAULT_WORK_DIR}/shared"}
+
+
+def preflight_request(request: BuildRequest, source: PinnedSource | None = None) -> list[str]:
+    """Every check that needs no build: directories, the target stage, the registry.
+
+    For a git context the target stage can be read only once the source is pinned: pass
+    `source` then (the flow does, right after pinning); without it that check is skipped.
+    """
+    notes = [*check_directories(request)]
+    notes += check_target(request, source)
+    notes += check_registry(request)
+    return notes
+
+
+def check_directories(request: BuildRequest) -> list[str]:
+    """Work directory (and, for the local runner, the shared one): writable, with room."""
+    dirs = run_dirs(request, run_id="preflight")
+    if request.runner.kind != "local":  # builds run in pods: here only run records are kept
+        return [check_directory("work_dir", dirs.work, min_free=0)]
+    return [check_directory("work_dir", dirs.work), check_directory("shared_dir", dirs.shared)]
+
+
+def check_directory(field: str, path: Path, *, min_free: int = MIN_FREE_BYTES) -> str:
+    """Create the directory, write and delete a probe file, measure free space, and remove
+    what was created: a refused run leaves nothing behind, not even an empty directory."""
+    try:
+        check_path_for_oci(str(path))
+    except ValueError as exc:
+        raise ConfigurationError(f"{field}: {exc}") from exc
+    created = [parent for parent in [path, *path.parents] if not parent.exists()]
+    probe = path / f"{PROBE_NAME}-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"multiarch preflight\n")
+        probe.unlink()
+        free = shutil.disk_usage(path).free
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{field}: {path} is not writable ({exc.strerror or exc}): choose a directory "
+            f"this user can create and write, e.g. --{field.replace('_', '-')} "
+            f"{EXAMPLE_DIRS[field]}"
+        ) from exc
+    finally:
+        for directory in created:  # deepest first
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+    if free < min_free:
+        raise ConfigurationError(
+            f"{field}: {path} has {free / GIB:.2f} GiB free, less than the "
+            f"{min_free / GIB:.0f} GiB a build needs: free space there or choose another "
+            f"--{field.replace('_', '-')}"
+        )
+    return f"{field}: {path} is writable, {free / GIB:.1f} GiB free"
+
+
+def check_target(request: BuildRequest, source: PinnedSource | None) -> list[str]:
+    """`--target` names a stage of the Containerfile (buildah says so only mid-build)."""
+    if request.target is None:
+        return []
+    if source is None:
+        if request.is_git:
+            return ["target: checked once the git source is pinned"]
+        source = PinnedSource(kind="local", location=str(Path(request.context).resolve()))
+    text = read_containerfile(request, source)
+    names = [stage.alias for stage in stages(text, request.build_args) if stage.alias]
+    if request.target.lower() not in {name.lower() for name in names}:
+        known = f"its stages: {', '.join(names)}" if names else "it names no stage"
+        raise ConfigurationError(
+            f"target: stage {request.target!r} is not in the Containerfile ({known}, as in "
+            "FROM ... AS NAME): name one of them, or drop --target to build the last stage"
+        )
+    return [f"target: stage {request.target} found"]
+
+
+def check_registry(request: BuildRequest) -> list[str]:
+    """The registry answers and accepts this machine's credentials for a push.
+
+    Binding for the local runner only: Kubernetes build pods push with their own Secret,
+    possibly to a registry only the cluster can reach, so there a refusal is a note.
+
+    A passing failure (503, a timeout) is only noted: the push retries on its own, and a
+    hiccup now says nothing about the registry in a few minutes.
+    """
+    try:
+        check_push_access(request.image, request.insecure_registry)
+    except ConfigurationError as exc:
+        if request.runner.kind != "local":  # pods may reach (and log in to) what we cannot
+            return [f"image: not checked from this machine: {exc}"]
+        raise ConfigurationError(
+            f"image: {exc} (check the address, that the registry runs, and "
+            "--insecure-registry for a plain-HTTP registry)"
+        ) from exc
+    except TransientError as exc:
+        return [f"image: registry push check passed over a transient failure: {exc}"]
+    return [f"image: {request.image.registry} accepts a push to {request.image.repository}"]
