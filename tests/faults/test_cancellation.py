@@ -243,3 +243,39 @@ def test_sigkill_mid_build_leaves_nothing_the_next_gc_does_not_sweep(
         "container's CNI address and iptables rules, printing each",
         "nothing after gc (the flow run on the stopped temporary server is gone with it)",
     )
+
+
+def test_the_next_run_sweeps_what_a_killed_run_left_and_closes_its_flow_run(
+    playground, prefect_server, tmp_path, cancel_tag, record_scenario
+):
+    killed = start_build(tmp_path, playground, api_url=prefect_server, tag=cancel_tag)
+    killed.wait_for(MARKER)
+    flow_run_id, _ = flow_run_state(prefect_server, tag=cancel_tag)
+    killed.process.kill()
+    killed.exit_code(timeout=EXIT_WITHIN_S)
+    assert wait_until_gone(killed.token, STOP_WITHIN_S) == []
+    assert flow_run_state(prefect_server, tag=cancel_tag)[1] == "RUNNING"  # stuck
+    stale = leftovers(killed.work)
+    assert stale
+    context = tmp_path / "next"
+    context.mkdir()
+    (context / "Containerfile").write_text(f"FROM {playground.base}\nRUN true\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "multiarch.cli", "build",
+         "--image", f"{playground.address}/tests/cancel:{cancel_tag}-next",
+         "--platform", "linux/amd64", "--context", str(context),
+         "--insecure-registry", "--work-dir", str(killed.work)],
+        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT, check=False,
+        env={**os.environ, "PREFECT_API_URL": prefect_server},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "swept what a dead run left" in done.stderr + done.stdout
+    state = httpx.get(f"{prefect_server}/flow_runs/{flow_run_id}", timeout=10).json()["state"]
+    assert state["type"] == "CRASHED"
+    assert leftovers(killed.work) == []
+    record_scenario(
+        "stale run directory and flow run left by a SIGKILLed run, then a new run",
+        "the new run sweeps the dead run's build and handoff directories and marks its "
+        "flow run Crashed (it was stuck Running), then builds and publishes",
+        "nothing",
+    )
