@@ -187,12 +187,11 @@ def reexec_without_credentials(args: argparse.Namespace) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    """Run the flow in this process (`run_build_with_server` has set Prefect's settings)."""
     request = request_from_args(args)
     if has_credentials(request.context):
         print(CREDENTIALS_NOTICE, file=sys.stderr, flush=True)
         request = request.model_copy(update={"context": move_to_environment(request.context)})
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.build import build_multiarch_image  # Prefect loads only when a build runs
 
     result = build_multiarch_image(**request.model_dump(mode="json"))

@@ -32,11 +32,7 @@ from dataclasses import dataclass
 
 from multiarch.credentials import ENV_CREDENTIALS
 from multiarch.errors import ConfigurationError, StepFailed, TransientStepFailure
-from multiarch.failures import (
-    TRANSIENT_MARKERS,  # noqa: F401 - registry.py and kubernetes.py import it from here
-    classify_output,
-    step_paths,
-)
+from multiarch.failures import classify_output, step_paths
 from multiarch.plan import Step
 
 TAIL_LINES = 20

@@ -23,6 +23,7 @@ from multiarch.errors import ConfigurationError, StepFailed, TransientStepFailur
 from multiarch.plan import Step
 from multiarch.runners import processes
 from multiarch.runners.processes import classify_failure, run_step
+from tests.faults.hoststate import processes_with
 
 LABEL = "linux/arm64"
 
@@ -40,25 +41,10 @@ def token() -> str:
     return f"300.{uuid.uuid4().int % 10**9:09d}"
 
 
-def host_processes_with(text: str) -> list[str]:
-    """Processes on the host whose command line holds `text` (this test process excepted)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(f"{proc.name}: {cmdline}")
-    return found
-
-
 def left_running(text: str, wait_s: float = 8.0) -> list[str]:
     """What still runs with `text` once the kernel had a moment to finish killing."""
     end = time.monotonic() + wait_s
-    while (found := host_processes_with(text)) and time.monotonic() < end:
+    while (found := processes_with(text)) and time.monotonic() < end:
         time.sleep(0.05)
     return found
 
@@ -307,7 +293,7 @@ def test_cancellation_returns_promptly_and_reaps(monkeypatch: pytest.MonkeyPatch
     elapsed = time.monotonic() - started
     assert info.value is not None  # keep the traceback (and the Popen) alive, as a caller would
     assert elapsed < 2.0, f"cancellation took {elapsed:.1f} s (SIGTERM kills this step at once)"
-    assert host_processes_with(marker) == []
+    assert processes_with(marker) == []
     assert zombie_children() == [], "the step's process was left a zombie"
 
 
@@ -349,7 +335,7 @@ def test_sigkill_of_our_process_kills_the_step_and_its_daemons(tmp_path: Path) -
                               cwd=Path(__file__).resolve().parents[2])
     assert runner.stdout is not None
     assert runner.stdout.readline().strip() == "started"
-    assert len(host_processes_with(marker)) >= 2
+    assert len(processes_with(marker)) >= 2
     runner.kill()
     runner.wait()
     assert left_running(marker) == []
