@@ -127,6 +127,23 @@ class BuildRequest(BaseModel):
         description="always: build every run; if-changed: skip when the tag already holds "
         "this source revision, Containerfile/build args and base image digests.",
     )
+    handoff: Literal["shared", "registry"] = Field(
+        "shared",
+        description="How platform images reach publish: shared (OCI layouts on a shared "
+        "directory or volume) or registry (each build pushes its image by digest; publish "
+        "only writes the index and the tags; no shared volume).",
+    )
+    cache: Literal["none", "registry"] = Field(
+        "none",
+        description="Layer cache: none, or registry (buildah --layers with a cache "
+        "repository per architecture, <repository>/cache-<arch>, reused by every node).",
+    )
+    source_date_epoch: int | None = Field(
+        None,
+        ge=0,
+        description="Timestamp (epoch seconds) of every image, layer file and the index; "
+        "default: the pinned commit's time, or a local context's newest file time.",
+    )
     runner: RunnerOptions = Field(default_factory=RunnerOptions)
 
     @field_validator("platforms")
