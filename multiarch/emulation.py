@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from multiarch.errors import ConfigurationError
+from multiarch.process import capture
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_CONF_DIR = Path("/usr/lib/binfmt.d")
@@ -169,15 +169,9 @@ def _mount_binfmt_misc(binfmt_dir: Path) -> None:
         return
     _require_root(f"mount binfmt_misc at {binfmt_dir}")
     argv = ["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt_dir)]
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise ConfigurationError(
-            "cannot mount binfmt_misc: the `mount` command is missing; install Debian "
-            "`mount` (util-linux)"
-        ) from None
-    if result.returncode != 0 or not (binfmt_dir / "register").exists():
-        detail = (result.stderr or result.stdout).strip() or f"exit code {result.returncode}"
+    result = capture(argv, what=f"mounting binfmt_misc at {binfmt_dir}", timeout_s=60)
+    if not result.ok or not (binfmt_dir / "register").exists():
+        detail = result.last_error()
         raise ConfigurationError(
             f"could not mount binfmt_misc at {binfmt_dir}: {detail}; in a container this "
             "needs --privileged (or run `make emulation` on the host instead)"

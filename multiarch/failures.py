@@ -44,6 +44,14 @@ TRANSIENT_MARKERS = (
     "bad gateway",
     "service unavailable",
     "gateway timeout",
+    # skopeo, when the registry drops the connection while it still sends a blob (measured
+    # with a reset 32 KiB into a PATCH): Go reports its own write failing, not the reset.
+    "use of closed network connection",
+    "broken pipe",
+    # git, when the remote or the network gives out mid-transfer
+    "early eof",
+    "the remote end hung up",
+    "temporarily unavailable",
 )
 
 # Permanent causes worth naming (lowercase substring -> what to do). Checked before the

@@ -22,15 +22,18 @@ Entries younger than `MIN_AGE_S` are left alone: their setup may still be under 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import shlex
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from multiarch.errors import MultiarchError
+from multiarch.process import capture
 
 CNI_RESULTS = Path("/var/lib/cni/results")
 CNI_RESERVATIONS = Path("/var/lib/cni/networks")
@@ -92,9 +95,9 @@ def _sweep_reservations(root: Path, *, keep: set[str], released: list[str]) -> s
 def _sweep_masquerade(*, keep: set[str], released: list[str]) -> None:
     """Remove the bridge plugin's masquerade rules of buildah containers nothing names."""
     try:
-        listing = subprocess.run(["iptables", "-t", "nat", "-S", "POSTROUTING"],
-                                 capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        listing = capture(["iptables", "-t", "nat", "-S", "POSTROUTING"],
+                          what="listing masquerade rules", timeout_s=30)
+    except MultiarchError:
         return
     for line in listing.stdout.splitlines():
         words = shlex.split(line)
@@ -110,7 +113,8 @@ def _sweep_masquerade(*, keep: set[str], released: list[str]) -> None:
         for argv in (["iptables", "-t", "nat", "-D", *words[1:]],
                      ["iptables", "-t", "nat", "-F", chain],
                      ["iptables", "-t", "nat", "-X", chain]):
-            subprocess.run(argv, capture_output=True, timeout=30, check=False)
+            with contextlib.suppress(MultiarchError):
+                capture(argv, what="removing a masquerade rule", timeout_s=30)
         released.append(f"{container} (masquerade chain {chain})")
 
 
@@ -149,17 +153,16 @@ def _delete(entry: dict[str, Any]) -> str | None:
             return f"CNI plugin {plugin.get('type')!r} not found in {', '.join(CNI_PLUGIN_DIRS)}"
         config = {**plugin, "name": network.get("name"),
                   "cniVersion": network.get("cniVersion"), "prevResult": _result(entry)}
-        env = {**os.environ, "CNI_COMMAND": "DEL", "CNI_CONTAINERID": entry["containerId"],
+        env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": entry["containerId"],
                "CNI_NETNS": "", "CNI_IFNAME": entry.get("ifName", "eth0"), "CNI_ARGS": args,
                "CNI_PATH": os.pathsep.join(CNI_PLUGIN_DIRS)}
         try:
-            done = subprocess.run([str(binary)], input=json.dumps(config).encode(), env=env,
-                                  capture_output=True, timeout=PLUGIN_TIMEOUT_S, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            done = capture([str(binary)], what=f"CNI DEL ({plugin.get('type')})", env=env,
+                           stdin=json.dumps(config).encode(), timeout_s=PLUGIN_TIMEOUT_S)
+        except MultiarchError as exc:
             return f"{plugin.get('type')}: {exc}"
-        if done.returncode != 0:
-            answer = (done.stdout or done.stderr).decode(errors="replace").strip()
-            return f"{plugin.get('type')}: {answer.splitlines()[-1] if answer else 'failed'}"
+        if not done.ok:
+            return f"{plugin.get('type')}: {done.last_error()}"
     return None
 
 

@@ -7,7 +7,6 @@ and then checks that the registry serves the same digest under every tag.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -16,17 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from multiarch.errors import PublishError
+from multiarch.ocispec import (
+    IMAGE_MANIFEST_TYPES,
+    LAYOUT_FILE_CONTENT,
+    MEDIA_TYPE_INDEX,
+    REF_NAME_ANNOTATION,
+    sha256_digest,
+)
 from multiarch.platforms import Platform
-
-# image-spec media-types.md
-MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_TYPE_CONFIG = "application/vnd.oci.image.config.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-IMAGE_MANIFEST_TYPES = frozenset({MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST})
-# image-layout.md: "The oci-layout file ... imageLayoutVersion"
-LAYOUT_FILE_CONTENT = '{"imageLayoutVersion":"1.0.0"}'
-REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,10 +38,6 @@ class LayoutImage:
     variant: str | None
     total_size: int  # manifest + config + layers, compressed: what a pull transfers
     blob_digests: tuple[str, ...]  # config and layers
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def blob_path(layout: Path, digest: str) -> Path:

@@ -8,27 +8,17 @@ arg reach buildah verbatim: nothing here is ever parsed by a shell.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from multiarch.credentials import clean_url, helper_config
+from multiarch.ocispec import REVISION_LABEL, SOURCE_LABEL
 from multiarch.platforms import Platform
+from multiarch.process import Step
 from multiarch.request import BuildRequest
 from multiarch.source import PinnedSource
 
 LAYOUT_REF = "image"  # the ref name of the one image in each per-platform OCI layout
 COMPRESSION = "gzip"  # what every runtime and registry accepts; compressed once, at export
-SOURCE_LABEL = "org.opencontainers.image.source"
-REVISION_LABEL = "org.opencontainers.image.revision"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Step:
-    """One command: a name for logs and errors, its argv, and extra environment."""
-
-    name: str
-    argv: tuple[str, ...]
-    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

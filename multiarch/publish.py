@@ -26,7 +26,8 @@ from multiarch.oci import (
     read_layout_image,
     write_index_layout,
 )
-from multiarch.plan import REVISION_LABEL, SOURCE_LABEL, Step
+from multiarch.ocispec import CREATED_ANNOTATION, REVISION_LABEL, SOURCE_LABEL
+from multiarch.process import Step
 from multiarch.references import ImageReference
 from multiarch.registry import RegistryTarget, check_served, push_layout
 from multiarch.registry_api import (
@@ -45,7 +46,6 @@ from multiarch.source import PinnedSource
 from multiarch.tagjournal import write_journal
 
 INDEX_REF = "index"
-CREATED_ANNOTATION = "org.opencontainers.image.created"
 
 
 def index_annotations(source: PinnedSource, *, created: datetime) -> dict[str, str]:

@@ -20,17 +20,20 @@ from typing import Any
 from multiarch import credentials
 from multiarch.containerfile import base_images, final_base
 from multiarch.errors import ConfigurationError, MultiarchError, PublishError
-from multiarch.plan import REVISION_LABEL
+from multiarch.ocispec import (
+    BASE_DIGEST_ANNOTATION,
+    BASE_NAME_ANNOTATION,
+    REVISION_LABEL,
+    sha256_digest,
+)
 from multiarch.platforms import Platform
-from multiarch.registry import RegistryTarget, fetch_manifest, manifest_digest
+from multiarch.registry import RegistryTarget, fetch_manifest
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformSummary
 from multiarch.source import PinnedSource, git_credentials_block, run_git
 
 INPUTS_ANNOTATION = "dev.multiarch.inputs.digest"
 BASES_ANNOTATION = "dev.multiarch.bases"
-BASE_NAME_ANNOTATION = "org.opencontainers.image.base.name"
-BASE_DIGEST_ANNOTATION = "org.opencontainers.image.base.digest"
 CONTAINERFILE_NAMES = ("Containerfile", "Dockerfile")
 
 
@@ -97,14 +100,14 @@ def inputs_digest(request: BuildRequest, source: PinnedSource, containerfile: st
     content = source.revision or tree_digest(Path(source.location))
     document = {
         "source": content,
-        "containerfile": hashlib.sha256(containerfile.encode()).hexdigest(),
+        "containerfile": sha256_digest(containerfile.encode()).removeprefix("sha256:"),
         "containerfile_path": request.containerfile,
         "build_args": dict(sorted(request.build_args.items())),
         "labels": dict(sorted(request.labels.items())),
         "target": request.target,
         "platforms": [str(p) for p in request.platforms],
     }
-    return "sha256:" + hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+    return sha256_digest(json.dumps(document, sort_keys=True).encode())
 
 
 def tree_digest(directory: Path) -> str:
@@ -166,7 +169,7 @@ def base_digest(name: str, *, insecure: bool) -> str | None:
         raw = fetch_manifest(name, target=RegistryTarget(name=name, insecure=insecure))
     except MultiarchError:
         return None
-    return manifest_digest(raw) if raw is not None else None
+    return sha256_digest(raw) if raw is not None else None
 
 
 def fingerprint(request: BuildRequest, source: PinnedSource) -> Fingerprint:
@@ -186,7 +189,7 @@ def current_index(request: BuildRequest) -> tuple[str, dict[str, Any]] | None:
     raw = fetch_manifest(request.image.with_tag(request.all_tags[0]), target=target)
     if raw is None:
         return None
-    return manifest_digest(raw), json.loads(raw)
+    return sha256_digest(raw), json.loads(raw)
 
 
 def check(request: BuildRequest, source: PinnedSource) -> tuple[Fingerprint, Decision]:

@@ -8,10 +8,8 @@ Tags are not written here: `multiarch.registry_api` PUTs the pushed index's exac
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from multiarch.errors import (
-    ConfigurationError,
     PublishError,
     StepFailed,
     StepFailure,
@@ -27,15 +24,10 @@ from multiarch.errors import (
     TransientStepFailure,
 )
 from multiarch.failures import is_transient_message
-from multiarch.plan import Step
-from multiarch.runners.processes import run_step
+from multiarch.ocispec import sha256_digest
+from multiarch.process import Step, capture, is_transient, run_step
 
 PUSH_TIMEOUT_S = 3600
-# What skopeo says when the registry drops the connection while it is still sending a blob
-# (measured with a reset 32 KiB into a PATCH): Go reports its own write failing, not the
-# peer's reset. Passing, like any connection lost mid-request.
-# (Candidates for multiarch.failures' shared markers.)
-PUSH_TRANSIENT_MARKERS = ("use of closed network connection", "broken pipe")
 INSPECT_TIMEOUT_S = 120
 RETRY_TIMES = "3"
 
@@ -103,8 +95,7 @@ def skopeo_failure(exc: StepFailure, *, label: str, destination: str) -> StepFai
     """Re-classify a failed push by skopeo's error line: a registry 503 is transient."""
     line = skopeo_error_line(exc.tail)
     message = f"{label} pushing {destination} failed (exit {exc.exit_code}): {line}"
-    transient = is_transient_message(line) or any(m in line.lower() for m in PUSH_TRANSIENT_MARKERS)
-    kind = TransientStepFailure if transient else StepFailed
+    kind = TransientStepFailure if is_transient_message(line) else StepFailed
     return kind(message, step=exc.step, exit_code=exc.exit_code, tail=exc.tail)
 
 
@@ -119,24 +110,15 @@ def fetch_manifest(reference: str, *, target: RegistryTarget) -> bytes | None:
         *target.tls_flag("--tls-verify"),
         f"docker://{reference}",
     ]
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=INSPECT_TIMEOUT_S, check=False)
-    except FileNotFoundError as exc:
-        raise ConfigurationError("skopeo is not installed: install Debian package skopeo") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise TransientError(f"reading {reference} timed out") from exc
-    if done.returncode == 0:
-        return done.stdout
-    error = done.stderr.decode(errors="replace").strip()
-    if "manifest unknown" in error.lower() or "not found" in error.lower():
+    done = capture(argv, what=f"reading {reference}", timeout_s=INSPECT_TIMEOUT_S)
+    if done.ok:
+        return done.output
+    error = done.stderr.lower()
+    if "manifest unknown" in error or "not found" in error:
         return None
-    if is_transient_message(error):
-        raise TransientError(f"reading {reference} failed: {error.splitlines()[-1]}")
-    raise PublishError(f"reading {reference} failed: {error.splitlines()[-1] if error else '?'}")
-
-
-def manifest_digest(raw: bytes) -> str:
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
+    if is_transient(done):
+        raise TransientError(f"reading {reference} failed: {done.last_error()}")
+    raise PublishError(f"reading {reference} failed: {done.last_error()}")
 
 
 def check_served(
@@ -153,7 +135,7 @@ def check_served(
     """
     if served is None:
         raise PublishError(f"{reference} does not exist after the push")
-    digest = manifest_digest(served)
+    digest = sha256_digest(served)
     if digest != expected_digest:
         raise PublishError(
             f"{reference} resolves to {digest}, not the computed index {expected_digest}: "

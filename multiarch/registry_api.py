@@ -29,10 +29,15 @@ import httpx
 
 from multiarch.errors import ConfigurationError, PublishError, TransientError
 from multiarch.failures import is_transient_message
-from multiarch.oci import DOCKER_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, sha256_digest
+from multiarch.ocispec import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_MANIFEST,
+    sha256_digest,
+)
 from multiarch.references import ImageReference
 
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 # distribution spec, "Pulling manifests": the client lists every type it understands.
 MANIFEST_ACCEPT = ", ".join((MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST_LIST,
                              DOCKER_MANIFEST))

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,9 @@ from pathlib import Path
 
 import httpx
 
+from multiarch.errors import MultiarchError
 from multiarch.netsweep import sweep_dead_networks
+from multiarch.process import capture
 
 RUNS_DIR = "runs"
 BUILDS_DIR = "builds"
@@ -262,7 +263,9 @@ def remove_tree(path: Path) -> None:
     unmounting would leak one mount per build (and fail on busy files).
     """
     for mount_point in mounts_under(path):
-        subprocess.run(["umount", "--lazy", mount_point], capture_output=True, check=False)
+        with contextlib.suppress(MultiarchError):
+            capture(["umount", "--lazy", mount_point], what=f"unmounting {mount_point}",
+                    timeout_s=60)
     shutil.rmtree(path, ignore_errors=True)
 
 

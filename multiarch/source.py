@@ -10,9 +10,7 @@ credentials through a store file (multiarch.credentials), and its errors are red
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -20,19 +18,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from multiarch import credentials
-from multiarch.errors import ConfigurationError, TransientError
+from multiarch.errors import ConfigurationError, MultiarchError, TransientError
+from multiarch.process import capture, is_transient
 from multiarch.request import BuildRequest
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 GIT_TIMEOUT_S = 120
-_TRANSIENT_GIT = (
-    "could not resolve host",
-    "connection timed out",
-    "connection reset",
-    "early eof",
-    "the remote end hung up",
-    "temporarily unavailable",
-)
 
 
 class PinnedSource(BaseModel):
@@ -99,25 +90,15 @@ def resolve_git_ref(url: str, ref: str, *, block: str | None = None) -> str:
 def local_revision(directory: Path) -> str | None:
     """The commit of a clean git work tree holding the context, else None (not pinnable)."""
     try:
-        head = subprocess.run(
-            ["git", "-C", str(directory), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if head.returncode != 0:
+        head = capture(["git", "-C", str(directory), "rev-parse", "HEAD"],
+                       what="reading the context's commit", timeout_s=30)
+        if not head.ok:
             return None
-        status = subprocess.run(
-            ["git", "-C", str(directory), "status", "--porcelain", "--", "."],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        status = capture(["git", "-C", str(directory), "status", "--porcelain", "--", "."],
+                         what="checking the context is clean", timeout_s=30)
+    except MultiarchError:  # no git, or it hangs: the context is simply not pinnable
         return None
-    if status.returncode != 0 or status.stdout.strip():
+    if not status.ok or status.stdout.strip():
         return None
     return head.stdout.strip() or None
 
@@ -128,26 +109,12 @@ def run_git(argv: list[str], *, what: str, timeout_s: int = GIT_TIMEOUT_S,
     passing (network), TransientError, with git's last line in the message, redacted
     (no URL userinfo, none of `secrets`)."""
     try:
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-        )
-    except FileNotFoundError as exc:
-        raise ConfigurationError("git is not installed: install Debian package git") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise TransientError(
-            credentials.redact(f"{what} timed out after {timeout_s}s", secrets or ())
-        ) from exc
-    if done.returncode != 0:
-        reason = done.stderr.strip().splitlines()[-1:] or ["no output"]
-        message = credentials.redact(f"{what} failed: {reason[0]}", secrets or ())
-        if any(marker in done.stderr.lower() for marker in _TRANSIENT_GIT):
-            raise TransientError(message)
-        raise ConfigurationError(message)
+        done = capture(argv, what=what, timeout_s=timeout_s, env={"GIT_TERMINAL_PROMPT": "0"})
+    except TransientError as exc:
+        raise TransientError(credentials.redact(str(exc), secrets or ())) from None
+    if not done.ok:
+        message = credentials.redact(f"{what} failed: {done.last_error()}", secrets or ())
+        raise (TransientError if is_transient(done) else ConfigurationError)(message)
     return done.stdout
 
 

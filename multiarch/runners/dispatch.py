@@ -11,13 +11,13 @@ import sys
 from collections.abc import Mapping
 
 from multiarch.platforms import Platform
+from multiarch.process import kill_all_steps
 from multiarch.publish import publish_request
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
 from multiarch.runclaim import RUNS_DIR
 from multiarch.runners import local
 from multiarch.runners.local import LineLogger, RunDirs
-from multiarch.runners.processes import kill_all_steps
 from multiarch.source import PinnedSource
 from multiarch.tagjournal import journal_path
 

@@ -44,10 +44,10 @@ from multiarch.jobs import SHARED_MOUNT, TERMINATION_LOG, platform_job, pod_path
 from multiarch.kube_options import KubernetesOptions
 from multiarch.plan import LAYOUT_REF
 from multiarch.platforms import Platform
+from multiarch.process import TAIL_LINES
 from multiarch.publish import PublishSpec, publish_spec_step
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
-from multiarch.runners.processes import TAIL_LINES
 from multiarch.source import PinnedSource, git_credentials_block
 
 WATCH_CHUNK_S = 30  # longest single watch call; the loop re-checks deadlines between calls

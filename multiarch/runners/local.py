@@ -20,10 +20,10 @@ from multiarch.errors import ConfigurationError
 from multiarch.oci import read_layout_image
 from multiarch.plan import PlanPaths, plan_build, sandbox_tmp
 from multiarch.platforms import Platform
+from multiarch.process import run_step
 from multiarch.request import BuildRequest
 from multiarch.results import PlatformImage
 from multiarch.runclaim import remove_tree
-from multiarch.runners.processes import run_step
 from multiarch.source import PinnedSource, write_git_store
 
 DEFAULT_WORK_DIR = "/var/tmp/multiarch"  # noqa: S108 - a fixed, root-owned scratch root

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from flows.build import build_multiarch_image
-from multiarch.oci import MEDIA_TYPE_INDEX
+from multiarch.ocispec import MEDIA_TYPE_INDEX
 from multiarch.request import BuildRequest
 from tests.e2e.conftest import REPO_ROOT, SERVE, run_deployment, timestamp
 from tests.integration.conftest import skopeo_raw

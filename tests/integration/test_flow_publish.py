@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.build import build_multiarch_image
-from multiarch.oci import MEDIA_TYPE_INDEX
+from multiarch.ocispec import MEDIA_TYPE_INDEX
 from multiarch.request import RunnerOptions
 from tests.integration.conftest import EXAMPLE_HELLO, read_image_file, skopeo_raw, tag_digest
 from tests.integration.prefect_queries import (

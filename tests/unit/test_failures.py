@@ -18,7 +18,7 @@ from multiarch.failures import (
     step_paths,
     tool_error_lines,
 )
-from multiarch.runners.processes import TAIL_LINES, classify_failure
+from multiarch.process import TAIL_LINES, classify_failure
 
 CAPTURED = Path(__file__).parent / "captured"
 TRANSIENT, PERMANENT = True, False

@@ -12,8 +12,6 @@ import pytest
 
 from multiarch.errors import PublishError
 from multiarch.oci import (
-    MEDIA_TYPE_INDEX,
-    MEDIA_TYPE_MANIFEST,
     LayoutImage,
     assemble_index,
     layout_bytes,
@@ -21,6 +19,7 @@ from multiarch.oci import (
     read_layout_image,
     write_index_layout,
 )
+from multiarch.ocispec import MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST
 from multiarch.platforms import Platform
 
 REF = "image"

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from multiarch import process as processes
 from multiarch.errors import ConfigurationError, StepFailed, TransientStepFailure
 from multiarch.plan import Step
-from multiarch.runners import processes
-from multiarch.runners.processes import classify_failure, run_step
+from multiarch.process import classify_failure, run_step
 from tests.faults.hoststate import processes_with
 
 LABEL = "linux/arm64"
@@ -324,7 +324,7 @@ def test_sigkill_of_our_process_kills_the_step_and_its_daemons(tmp_path: Path) -
     marker = token()
     script = (
         "from multiarch.plan import Step\n"
-        "from multiarch.runners.processes import run_step\n"
+        "from multiarch.process import run_step\n"
         "import sys, time\n"
         f"step = Step(name='build', argv=('sh', '-c', 'setsid sleep {marker} & "
         f"echo started; sleep {marker}'))\n"

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from multiarch.errors import PublishError, StepFailed, TransientStepFailure
-from multiarch.registry import check_served, manifest_digest, skopeo_error_line, skopeo_failure
+from multiarch.ocispec import sha256_digest as manifest_digest
+from multiarch.registry import check_served, skopeo_error_line, skopeo_failure
 
 CAPTURED = Path(__file__).parent / "captured"
 

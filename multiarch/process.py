@@ -1,4 +1,12 @@
-"""Run one plan step as a subprocess: stream its output, enforce a deadline, never leak it.
+"""The one process layer: every command the product runs goes through here.
+
+`run_step` streams a plan step's output, enforces a deadline and never leaks the step;
+`capture` runs a short command (git ls-remote, skopeo inspect, iptables, umount) and turns
+a missing tool or a timeout into our error types; `kill_all_steps` kills every live step
+tree. Both strip secrets from the child's environment, and both classify failures through
+`multiarch.failures`.
+
+Streaming a step:
 
 Each step starts in its own process group so a timeout or a cancellation can signal the
 step together with whatever it forked (buildah's children, qemu). Every live group is
@@ -27,13 +35,13 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from multiarch.credentials import ENV_CREDENTIALS
-from multiarch.errors import ConfigurationError, StepFailed, TransientStepFailure
-from multiarch.failures import classify_output, step_paths
-from multiarch.plan import Step
+from multiarch.errors import ConfigurationError, StepFailed, TransientError, TransientStepFailure
+from multiarch.failures import classify_output, is_transient_message, step_paths
 
 TAIL_LINES = 20
 SECRET_ENV = frozenset({ENV_CREDENTIALS})
@@ -67,9 +75,25 @@ os.write(status_fd, str(code).encode())
 os._exit(code if code >= 0 else 128 - code)
 """
 PR_SET_PDEATHSIG = 1
+# Tool -> the Debian package that ships it, for "not installed" errors.
+PACKAGES = {"buildah": "buildah", "skopeo": "skopeo", "git": "git", "runc": "runc",
+            "unshare": "util-linux", "mount": "mount", "umount": "mount",
+            "iptables": "iptables"}
 
 _live_groups: set[int] = set()
 _live_lock = threading.Lock()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    """One command: a name for logs and errors, its argv, and extra environment.
+
+    Plans are lists of these (multiarch.plan); every runner executes them as they are.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,7 +141,7 @@ def run_step(
         )
     # Git credentials reach git through a store file (multiarch.credentials); no step
     # (buildah, and through it a RUN step) inherits them from our environment.
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV} | dict(step.env)
+    env = child_env(dict(step.env))
     if shutil.which(step.argv[0], path=env.get("PATH")) is None:
         raise ConfigurationError(
             f"{label}: {step.argv[0]} is not installed (needed by step {step.name})"
@@ -257,3 +281,54 @@ def _kill_group(group: int, *, leader: subprocess.Popen[bytes] | None = None) ->
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(group, signal.SIGKILL)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Captured:
+    """A short command's outcome, decoded."""
+
+    exit_code: int
+    output: bytes  # stdout, exact (a manifest's digest is taken over these bytes)
+    stderr: str
+
+    @property
+    def stdout(self) -> str:
+        return self.output.decode("utf-8", errors="replace")
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def last_error(self) -> str:
+        """The command's last stderr line (its own error), else its last stdout line."""
+        lines = (self.stderr or self.stdout).strip().splitlines()
+        return lines[-1] if lines else f"exit code {self.exit_code}"
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Our environment without the secrets no child may inherit, plus `extra`."""
+    return {k: v for k, v in os.environ.items() if k not in SECRET_ENV} | dict(extra or {})
+
+
+def capture(argv: Sequence[str], *, what: str, timeout_s: float,
+            env: dict[str, str] | None = None, stdin: bytes | None = None) -> Captured:
+    """Run a short command to completion and return its output; never raises for a non-zero
+    exit (the caller knows what that means), but a missing tool is a ConfigurationError
+    naming its package, and a timeout a TransientError."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, timeout=timeout_s, check=False,
+                              input=stdin, env=child_env(env))
+    except FileNotFoundError as exc:
+        tool = Path(argv[0]).name
+        raise ConfigurationError(
+            f"{what}: {tool} is not installed: install the Debian package "
+            f"{PACKAGES.get(tool, tool)}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise TransientError(f"{what} timed out after {timeout_s:.0f}s") from exc
+    return Captured(exit_code=done.returncode, output=done.stdout,
+                    stderr=done.stderr.decode("utf-8", errors="replace"))
+
+
+def is_transient(captured: Captured) -> bool:
+    """Did the command fail for a passing reason (network, registry), by its own error?"""
+    return not captured.ok and is_transient_message(captured.stderr or captured.stdout)

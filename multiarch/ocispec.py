@@ -1,0 +1,33 @@
+"""The OCI names this project speaks, in one place: media types, annotation keys, digests.
+
+From the image-spec (media-types.md, annotations.md, image-layout.md) and Docker's
+distribution manifests, which registries may still serve for base images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_TYPE_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+IMAGE_MANIFEST_TYPES = frozenset({MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST})
+INDEX_TYPES = frozenset({MEDIA_TYPE_INDEX, DOCKER_MANIFEST_LIST})
+
+# annotations.md (also used as image labels: buildah writes labels into the config)
+CREATED_ANNOTATION = "org.opencontainers.image.created"
+SOURCE_LABEL = "org.opencontainers.image.source"
+REVISION_LABEL = "org.opencontainers.image.revision"
+BASE_NAME_ANNOTATION = "org.opencontainers.image.base.name"
+BASE_DIGEST_ANNOTATION = "org.opencontainers.image.base.digest"
+REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
+
+# image-layout.md: "The oci-layout file ... imageLayoutVersion"
+LAYOUT_FILE_CONTENT = '{"imageLayoutVersion":"1.0.0"}'
+
+
+def sha256_digest(data: bytes) -> str:
+    """The OCI digest of some bytes: `sha256:<hex>`."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
