@@ -7,7 +7,8 @@ build). Per run, alternating which goes first:
   platform; merge step with fresh container storage: `skopeo copy oci-archive:...
   containers-storage:...`, `buildah manifest create`, `manifest add` per image,
   `buildah manifest push --all`.
-- ours: `multiarch.plan.export_step` (gzip once, into an `oci:` layout) per platform, then
+- ours: `multiarch.handoff.layouts.export_step` (gzip once, into an `oci:` layout) per
+  platform, then
   `multiarch.publish.publish_images` (push by digest, tags, verify).
 
 Every run pushes to a registry of its own, so registry bytes are that run's storage growth.
@@ -32,8 +33,9 @@ from bench.harness import (
     run,
     summary,
 )
+from multiarch.handoff.layouts import LAYOUT_REF, export_step
 from multiarch.oci import read_layout_image
-from multiarch.plan import LAYOUT_REF, PlanPaths, export_step
+from multiarch.plan import PlanPaths
 from multiarch.platforms import Platform
 from multiarch.publish import publish_images
 from multiarch.references import ImageReference

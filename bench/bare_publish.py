@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from multiarch.handoff.layouts import LAYOUT_REF
 from multiarch.oci import read_layout_image
-from multiarch.plan import LAYOUT_REF
 from multiarch.platforms import Platform
 from multiarch.publish import publish_images
 from multiarch.references import ImageReference

@@ -21,7 +21,7 @@ from typing import Any
 from multiarch.emulation import ensure_emulation
 from multiarch.localenv.playground import base_image, ensure_base_image
 from multiarch.localenv.registry import LocalRegistry, free_port, start_registry, stop_registry
-from multiarch.runners.local import remove_scratch
+from multiarch.runners.local.runner import remove_scratch
 
 LOG = logging.getLogger("bench")
 DRIVER = "overlay"  # the project's default local storage driver

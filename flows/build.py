@@ -6,9 +6,9 @@ platform fails, nothing is pushed and the failure names each platform and why.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -22,10 +22,11 @@ from prefect.states import Cancelled, State
 from pydantic import ValidationError
 
 from flows.guard import raise_if_cancelling, signal_name, watch_for_cancellation
-from multiarch.errors import ConfigurationError, MultiarchError
+from multiarch.errors import ConfigurationError
+from multiarch.orchestrate import PlatformsFailed, failure_summary, run_build, run_record
+from multiarch.parameters import flow_docstring, flow_signature, request_from_parameters
 from multiarch.platforms import Platform
-from multiarch.preflight import check_target, preflight_request
-from multiarch.rebuild import Decision, published_result
+from multiarch.rebuild import Decision, Fingerprint, published_result
 from multiarch.reporting import (
     artifact_key,
     artifact_key_for,
@@ -33,12 +34,12 @@ from multiarch.reporting import (
     markdown_summary,
     platform_rows,
 )
-from multiarch.request import BuildRequest, RunnerOptions, describe_validation_error
+from multiarch.request import BuildRequest, describe_validation_error
 from multiarch.results import BuildResult, PlatformImage
-from multiarch.runclaim import RunRecord, claim_run, sweep
-from multiarch.runners.dispatch import cleanup_run, preflight, stop_everything
-from multiarch.runners.local import RunDirs, run_dirs
-from multiarch.source import without_context_credentials
+from multiarch.runclaim import RunRecord
+from multiarch.runners import RunContext, stop_all
+from multiarch.source import PinnedSource, without_context_credentials
+from multiarch.workspace import RunDirs
 from tasks.build import build_platform_task
 from tasks.publish import publish_task
 from tasks.rebuild import check_changes_task
@@ -47,10 +48,7 @@ from tasks.source import pin_source_task
 # The CLI sets this to the pid of the temporary Prefect server it started, so that a sweep
 # can stop that server should the CLI be killed.
 TEMP_SERVER_PID_ENV = "MULTIARCH_TEMP_SERVER_PID"
-
-
-class PlatformsFailed(MultiarchError):
-    """One or more platforms failed; nothing was published."""
+SUMMARY = "Build `image` for every platform in parallel and publish one multi-arch index."
 
 
 def run_name() -> str:
@@ -63,64 +61,11 @@ def run_name() -> str:
 
 def _stop_builds(*_: Any) -> None:
     """Cancelled or crashed: kill local steps, delete the Jobs this run created."""
-    stop_everything()
+    stop_all()
 
 
-@flow(
-    name="build-multiarch-image",
-    flow_run_name=run_name,
-    log_prints=True,
-    on_cancellation=[_stop_builds],
-    on_crashed=[_stop_builds],
-)
-def build_multiarch_image(
-    image: str,
-    platforms: list[str],
-    context: str,
-    tags: list[str] | None = None,
-    git_ref: str | None = None,
-    containerfile: str | None = None,
-    build_args: dict[str, str] | None = None,
-    labels: dict[str, str] | None = None,
-    target: str | None = None,
-    allow_emulation: bool = False,
-    insecure_registry: bool = False,
-    rebuild: str = "always",
-    runner: RunnerOptions | None = None,
-) -> BuildResult | State:
-    """Build `image` for every platform in parallel and publish one multi-arch index.
-
-    Args:
-        image: Push target, registry/repository[:tag] (the registry host is required).
-        platforms: Target platforms, os/arch[/variant], e.g. linux/amd64, linux/arm64.
-        context: Build context: a local directory (local runner) or a git URL.
-        tags: More tags for the same index.
-        git_ref: Branch, tag or commit of a git context; pinned to one commit per run.
-        containerfile: Containerfile path relative to the context (default: buildah's lookup).
-        build_args: Build arguments (KEY: value); values reach buildah verbatim.
-        labels: Image labels.
-        target: Build stage to stop at.
-        allow_emulation: Build platforms this host cannot run natively under QEMU (local).
-        insecure_registry: Allow plain HTTP / unverified TLS for the registries of this build.
-        rebuild: `always`, or `if-changed` to skip when the tag already holds the same source
-            revision, Containerfile and build args, and base image digests.
-        runner: Where builds run (`local` or `kubernetes`) and how; see docs/kubernetes.md.
-    """
-    request = validate_request(
-        image=image,
-        platforms=platforms,
-        context=context,
-        tags=tags or [],
-        git_ref=git_ref,
-        containerfile=containerfile,
-        build_args=build_args or {},
-        labels=labels or {},
-        target=target,
-        allow_emulation=allow_emulation,
-        insecure_registry=insecure_registry,
-        rebuild=rebuild,
-        runner=runner or RunnerOptions(),
-    )
+def build_multiarch_image(**parameters: Any) -> BuildResult | State:
+    request = validate_request(**request_from_parameters(parameters))
     request = without_context_credentials(request, warn=get_run_logger().warning)
     tag_flow_run(request)
     try:
@@ -130,31 +75,66 @@ def build_multiarch_image(
         return stop_and_cancel(exc)
 
 
-def build_and_publish(request: BuildRequest) -> BuildResult:
-    logger = get_run_logger()
-    for note in [*preflight(request), *preflight_request(request)]:  # before any build
-        logger.info(note)
-    source = pin_source_task(request)
-    if request.is_git:  # the target stage is readable once the commit is pinned
-        for note in check_target(request, source):
-            logger.info(note)
-    wanted, decision = check_changes_task(request, source)
-    if request.rebuild == "if-changed" and decision.up_to_date and decision.index_digest:
-        return report_up_to_date(request, decision)
-    dirs = run_dirs(request, run_id=str(runtime.flow_run.id or "local").replace("-", ""))
-    with claim_run(dirs.work, run_record(request, dirs)), removing_run_dirs(request, dirs):
-        for swept in sweep(dirs.work):
-            logger.info(f"swept what a dead run left: {swept}")
+# The parameters (and the UI form, and their help) are BuildRequest's fields.
+build_multiarch_image.__signature__ = flow_signature(BuildRequest)  # type: ignore[attr-defined]
+build_multiarch_image.__doc__ = flow_docstring(SUMMARY, BuildRequest)
+build_multiarch_image = flow(  # type: ignore[assignment]
+    name="build-multiarch-image",
+    flow_run_name=run_name,
+    log_prints=True,
+    on_cancellation=[_stop_builds],
+    on_crashed=[_stop_builds],
+)(build_multiarch_image)
+
+
+@dataclass(kw_only=True)
+class PrefectSteps:
+    """The run's units as Prefect tasks: retries, concurrency tags, the UI's task list."""
+
+    log: Any
+    flow_run_id: str
+
+    def pin_source(self, request: BuildRequest) -> PinnedSource:
+        return pin_source_task(request)
+
+    def check_changes(self, request: BuildRequest, source: PinnedSource
+                      ) -> tuple[Fingerprint | None, Decision]:
+        return check_changes_task(request, source)
+
+    def build_all(self, request: BuildRequest, source: PinnedSource,
+                  run: RunContext) -> list[PlatformImage]:
         limited = limited_arch_tags(request.platforms)
         builds = [
             build_platform_task.with_options(tags=[arch_tag(p)] if arch_tag(p) in limited else [])
-            .submit(request, source, p, dirs)
+            .submit(request, source, p, run.dirs)
             for p in request.platforms
         ]
-        images = collect_images(builds, request=request)
-        annotations = wanted.annotations() if wanted else None
+        return collect_images(builds, request=request)
+
+    def publish(self, request: BuildRequest, source: PinnedSource,
+                images: list[PlatformImage], run: RunContext,
+                annotations: Mapping[str, str] | None) -> BuildResult:
+        return publish_task(request, source, images, run.dirs,
+                            annotations=dict(annotations) if annotations else None)
+
+    def run_record(self, request: BuildRequest, dirs: RunDirs) -> RunRecord:
+        server_pid = os.environ.get(TEMP_SERVER_PID_ENV)
+        return run_record(request, dirs, flow_run_id=self.flow_run_id or None,
+                          api_url=PREFECT_API_URL.value(),
+                          server_pid=int(server_pid) if server_pid else None)
+
+    def before_publish(self) -> None:
         raise_if_cancelling()
-        result = publish_task(request, source, images, dirs, annotations=annotations)
+
+
+def build_and_publish(request: BuildRequest) -> BuildResult:
+    flow_run_id = str(runtime.flow_run.id or "")
+    steps = PrefectSteps(log=get_run_logger(), flow_run_id=flow_run_id)
+    outcome = run_build(request, steps, run_id=(flow_run_id or "local").replace("-", ""))
+    if outcome.up_to_date is not None:
+        return report_up_to_date(request, outcome.up_to_date)
+    result = outcome.result
+    assert result is not None
     key = artifact_key(result)
     create_table_artifact(
         key=f"{key}-platforms",
@@ -166,48 +146,17 @@ def build_and_publish(request: BuildRequest) -> BuildResult:
         markdown=markdown_summary(result),
         description=f"Published {result.image}",
     )
-    logger.info(f"published {result.pull_reference} as tags {', '.join(result.tags)}")
+    steps.log.info(f"published {result.pull_reference} as tags {', '.join(result.tags)}")
     return result
 
 
 def stop_and_cancel(exc: BaseException) -> State:
     """Cancelled, by a signal or through the API: stop every build, end the run Cancelled."""
-    stop_everything()
+    stop_all()
     how = signal_name(exc)
     message = f"cancelled ({how}): every build was stopped and nothing was published"
     get_run_logger().warning(message)
     return Cancelled(message=message)
-
-
-def run_record(request: BuildRequest, dirs: RunDirs) -> RunRecord:
-    """What a sweep must remove and close should this process die mid-run."""
-    keep_shared = request.runner.keep_shared or request.runner.kind != "local"
-    server_pid = os.environ.get(TEMP_SERVER_PID_ENV)
-    return RunRecord(
-        run_id=dirs.run_id,
-        pid=os.getpid(),
-        scratch=str(dirs.run_scratch),
-        shared=None if keep_shared else str(dirs.run_shared),
-        flow_run_id=str(runtime.flow_run.id) if runtime.flow_run.id else None,
-        api_url=PREFECT_API_URL.value(),
-        server_pid=int(server_pid) if server_pid else None,
-    )
-
-
-@contextlib.contextmanager
-def removing_run_dirs(request: BuildRequest, dirs: RunDirs) -> Iterator[None]:
-    """Whatever the outcome: build directories go, the handoff too unless kept.
-
-    Builds still running (a signal, a cancel) are stopped first, so nothing writes into a
-    directory after it is removed.
-    """
-    try:
-        yield
-    except BaseException:
-        stop_everything()
-        raise
-    finally:
-        cleanup_run(request, dirs)
 
 
 def report_up_to_date(request: BuildRequest, decision: Decision) -> BuildResult:
@@ -279,7 +228,7 @@ def collect_images(futures: list[PrefectFuture[PlatformImage]], *,
                    request: BuildRequest) -> list[PlatformImage]:
     """Wait for every platform; raise one error listing each failed platform and why."""
     images: list[PlatformImage] = []
-    failures: list[tuple[str, BaseException | str]] = []
+    failures: list[tuple[Platform, BaseException | str]] = []
     for platform, future in zip(request.platforms, futures, strict=True):
         future.wait()
         state = future.state
@@ -287,16 +236,14 @@ def collect_images(futures: list[PrefectFuture[PlatformImage]], *,
             images.append(future.result())
             continue
         reason = state.result(raise_on_failure=False)
-        failures.append((str(platform), reason if isinstance(reason, BaseException)
+        failures.append((platform, reason if isinstance(reason, BaseException)
                          else (state.message or state.name)))
     if failures:
         create_markdown_artifact(
             key=f"{artifact_key_for(request.image.name)}-failure",
-            markdown=failure_markdown(str(request.image), failures),
+            markdown=failure_markdown(str(request.image),
+                                      [(str(p), reason) for p, reason in failures]),
             description=f"{request.image} failed",
         )
-        raise PlatformsFailed(
-            f"{len(failures)} of {len(futures)} platforms failed, nothing was published: "
-            + "; ".join(str(reason) for _, reason in failures)
-        )
+        raise PlatformsFailed(failure_summary(failures, len(futures)))
     return images

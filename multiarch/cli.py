@@ -26,16 +26,11 @@ from multiarch.credentials import (
     redact,
 )
 from multiarch.errors import MultiarchError
+from multiarch.parameters import add_request_options
+from multiarch.parameters import request_from_args as request_fields
 from multiarch.request import BuildRequest, describe_validation_error
 
 DEFAULT_STATE_DIR = ".local"
-
-
-def key_value(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"{text!r} is not of the form KEY=VALUE")
-    return name, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,69 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="build and publish a multi-arch image")
-    build.add_argument("--image", required=True, help="registry/repository[:tag] to push")
-    build.add_argument("--tag", dest="tags", action="append", default=[], help="extra tag")
-    build.add_argument(
-        "--platform",
-        dest="platforms",
-        action="append",
-        required=True,
-        help="os/arch[/variant]; repeat for each platform",
-    )
-    build.add_argument("--context", required=True, help="local directory or git URL")
-    build.add_argument("--git-ref", help="branch, tag or commit of a git context")
-    build.add_argument(
-        "--git-credentials-block",
-        help="Prefect Secret block holding git credentials (https://USER:TOKEN@HOST lines); "
-        f"or set {ENV_CREDENTIALS} / {ENV_CREDENTIALS_FILE}",
-    )
-    build.add_argument(
-        "--file", dest="containerfile", help="Containerfile path, relative to the context"
-    )
-    build.add_argument(
-        "--build-arg", dest="build_args", action="append", type=key_value, default=[], metavar="K=V"
-    )
-    build.add_argument(
-        "--label", dest="labels", action="append", type=key_value, default=[], metavar="K=V"
-    )
-    build.add_argument("--target", help="build stage to stop at")
-    build.add_argument("--runner", choices=["local", "kubernetes"], default="local")
-    build.add_argument(
-        "--allow-emulation", action="store_true", help="build foreign architectures under QEMU"
-    )
-    build.add_argument(
-        "--insecure-registry",
-        action="store_true",
-        help="allow plain HTTP / unverified TLS registries",
-    )
-    build.add_argument("--work-dir", help="local scratch directory")
-    build.add_argument("--shared-dir", help="handoff directory for per-platform layouts")
-    build.add_argument(
-        "--timeout",
-        dest="timeout_s",
-        type=int,
-        default=3600,
-        help="seconds allowed for one platform's build",
-    )
-    build.add_argument("--storage-driver", choices=["overlay", "vfs"], default="overlay")
-    build.add_argument(
-        "--keep-shared", action="store_true", help="keep the per-platform layouts after publishing"
-    )
+    # Every field of BuildRequest, as a flag (multiarch.parameters): the flow's parameters
+    # and these options cannot drift apart.
+    add_request_options(build, BuildRequest)
     build.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    kube = build.add_argument_group("kubernetes runner")
-    kube.add_argument("--namespace", help="namespace of the build Jobs (default multiarch)")
-    kube.add_argument("--builder-image", help="image with buildah, skopeo, git and multiarch")
-    kube.add_argument("--shared-claim", help="RWX PersistentVolumeClaim for the handoff")
-    kube.add_argument("--registry-secret", help="dockerconfigjson Secret for the push step")
-    kube.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, ~/.kube)")
-    kube.add_argument("--kube-context", help="context in the kubeconfig")
-    kube.add_argument("--credentials-block", help="prefect-kubernetes KubernetesCredentials")
-    kube.add_argument("--unschedulable-grace", type=int, dest="unschedulable_grace_s",
-                      help="seconds a pod may stay unschedulable before failing")
-    kube.add_argument("--security", choices=["privileged", "minimal"],
-                      help="securityContext of build pods")
-    kube.add_argument("--git-credentials-secret",
-                      help="Secret with key .git-credentials, mounted only into the fetch step")
 
     publish = commands.add_parser(
         "publish-layouts",
@@ -134,37 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-KUBE_FLAGS = ("namespace", "builder_image", "shared_claim", "registry_secret", "kubeconfig",
-              "kube_context", "credentials_block", "unschedulable_grace_s", "security",
-              "git_credentials_secret")
-
-
 def request_from_args(args: argparse.Namespace) -> BuildRequest:
-    kube = {name: getattr(args, name) for name in KUBE_FLAGS if getattr(args, name) is not None}
-    options = {
-        "kind": args.runner,
-        "work_dir": args.work_dir,
-        "shared_dir": args.shared_dir,
-        "timeout_s": args.timeout_s,
-        "storage_driver": args.storage_driver,
-        "keep_shared": args.keep_shared,
-        "kubernetes": kube,
-        "git_credentials_block": args.git_credentials_block,
-    }
-    return BuildRequest(
-        image=args.image,
-        tags=tuple(args.tags),
-        platforms=tuple(args.platforms),
-        context=args.context,
-        git_ref=args.git_ref,
-        containerfile=args.containerfile,
-        build_args=dict(args.build_args),
-        labels=dict(args.labels),
-        target=args.target,
-        allow_emulation=args.allow_emulation,
-        insecure_registry=args.insecure_registry,
-        runner=options,
-    )
+    return BuildRequest.model_validate(request_fields(args, BuildRequest))
 
 
 CREDENTIALS_NOTICE = (
@@ -237,10 +144,10 @@ def run_local(args: argparse.Namespace) -> int:
 def run_gc(args: argparse.Namespace) -> int:
     """Remove what killed runs left under the work directory, and say what went."""
     from multiarch.runclaim import sweep
-    from multiarch.runners.local import DEFAULT_WORK_DIR
+    from multiarch.workspace import work_dir
 
-    work = Path(args.work_dir or os.environ.get("MULTIARCH_WORK_DIR", DEFAULT_WORK_DIR))
-    swept = sweep(work.resolve())
+    work = work_dir(args.work_dir)
+    swept = sweep(work)
     for item in swept:
         print(item)
     print(f"{len(swept)} removed under {work}" if swept else f"nothing to remove under {work}")
@@ -255,12 +162,12 @@ def run_build_with_server(args: argparse.Namespace) -> int:
     sweep (or `multiarch gc`) stops the orphaned server.
     """
     from multiarch.preflight import preflight_request
-    from multiarch.runners.dispatch import preflight
+    from multiarch.runners import runner_for
 
     # Bad input, a missing tool, an unreachable registry or a missing stage are refused
     # in seconds, before a temporary server starts (the flow checks again, cheaply).
     request = request_from_args(args)
-    preflight(request)
+    runner_for(request.runner.kind).preflight(request)
     preflight_request(request)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -27,9 +27,10 @@ from multiarch.platforms import Platform
 
 @dataclass(frozen=True, kw_only=True)
 class LayoutImage:
-    """One image found in an OCI layout, with what the index entry needs."""
+    """One platform image, with what the index entry needs: found in an OCI layout, or
+    read back from the registry (then `layout` is None)."""
 
-    layout: Path
+    layout: Path | None
     manifest_digest: str
     manifest_size: int
     media_type: str
@@ -166,6 +167,7 @@ def write_index_layout(
     blobs.mkdir(parents=True, exist_ok=True)
     (destination / "oci-layout").write_text(LAYOUT_FILE_CONTENT)
     for image in images:
+        assert image.layout is not None, "only layouts are linked into an index layout"
         for digest in (image.manifest_digest, *image.blob_digests):
             _link(blob_path(image.layout, digest), blob_path(destination, digest))
     digest = sha256_digest(index)

@@ -11,14 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from multiarch.credentials import clean_url, helper_config
+from multiarch.handoff import handoff_named
+from multiarch.handoff.layouts import LAYOUT_REF
 from multiarch.ocispec import REVISION_LABEL, SOURCE_LABEL
 from multiarch.platforms import Platform
 from multiarch.process import Step
 from multiarch.request import BuildRequest
 from multiarch.source import PinnedSource
-
-LAYOUT_REF = "image"  # the ref name of the one image in each per-platform OCI layout
-COMPRESSION = "gzip"  # what every runtime and registry accepts; compressed once, at export
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,8 +27,11 @@ class PlanPaths:
     checkout: str  # where a git source is fetched to (unused for local contexts)
     storage_root: str  # container storage, on local disk (overlay fails over NFS)
     storage_runroot: str
-    layout: str  # this platform's OCI image layout on the shared volume
+    layout: str  # this platform's OCI image layout (where is the handoff's choice)
     digest_file: str | None = None  # where export also writes the manifest digest
+    # Where the last step reports the digest for the runner (a pod's termination log), when
+    # that is not export (the registry handoff's push).
+    report_file: str | None = None
     # A git-credential-store file the fetch step's git reads (a path, never the secret);
     # None: the run has no git credentials.
     git_credentials: str | None = None
@@ -60,7 +62,7 @@ def plan_build(
     else:
         context = source.location
     steps.append(build_step(request, source, platform, paths, context=context, image=image))
-    steps.append(export_step(paths, image=image, driver=request.runner.storage_driver))
+    steps += handoff_named(request.handoff).export_steps(request, paths, image=image)
     return BuildPlan(platform=platform, steps=tuple(steps), image=image, layout=paths.layout)
 
 
@@ -181,25 +183,3 @@ def provenance_labels(request: BuildRequest, source: PinnedSource) -> dict[str, 
     if source.revision:
         labels.setdefault(REVISION_LABEL, source.revision)
     return labels
-
-
-def export_step(paths: PlanPaths, *, image: str, driver: str) -> Step:
-    """Copy the built image into an OCI layout, compressing each layer once.
-
-    A store remembers the driver it was made with, so the reference names it explicitly.
-    """
-    store = f"containers-storage:[{driver}@{paths.storage_root}+{paths.storage_runroot}]"
-    digest = ("--digestfile", paths.digest_file) if paths.digest_file else ()
-    return Step(
-        name="export",
-        argv=(
-            "skopeo",
-            "copy",
-            *digest,
-            "--dest-compress",
-            "--dest-compress-format",
-            COMPRESSION,
-            f"{store}{image}",
-            f"oci:{paths.layout}:{LAYOUT_REF}",
-        ),
-    )

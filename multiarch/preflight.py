@@ -18,8 +18,8 @@ from multiarch.errors import ConfigurationError, TransientError
 from multiarch.rebuild import read_containerfile
 from multiarch.registry_api import check_push_access
 from multiarch.request import BuildRequest, check_path_for_oci
-from multiarch.runners.local import DEFAULT_WORK_DIR, run_dirs
 from multiarch.source import PinnedSource
+from multiarch.workspace import DEFAULT_WORK_DIR, run_dirs
 
 GIB = 1024**3
 MIN_FREE_BYTES = 1 * GIB  # below this a build of even a small image may run out mid-way
@@ -44,6 +44,8 @@ def check_directories(request: BuildRequest) -> list[str]:
     dirs = run_dirs(request, run_id="preflight")
     if request.runner.kind != "local":  # builds run in pods: here only run records are kept
         return [check_directory("work_dir", dirs.work, min_free=0)]
+    if request.handoff != "shared":  # the layouts stay in each build's scratch space
+        return [check_directory("work_dir", dirs.work)]
     return [check_directory("work_dir", dirs.work), check_directory("shared_dir", dirs.shared)]
 
 

@@ -18,18 +18,18 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from multiarch.errors import MultiarchError, PublishError
-from multiarch.oci import (
+from multiarch.handoff import handoff_named
+from multiarch.oci import assemble_index
+from multiarch.ocispec import (
+    CREATED_ANNOTATION,
     MEDIA_TYPE_INDEX,
-    LayoutImage,
-    assemble_index,
-    blob_path,
-    read_layout_image,
-    write_index_layout,
+    REVISION_LABEL,
+    SOURCE_LABEL,
+    sha256_digest,
 )
-from multiarch.ocispec import CREATED_ANNOTATION, REVISION_LABEL, SOURCE_LABEL
 from multiarch.process import Step
 from multiarch.references import ImageReference
-from multiarch.registry import RegistryTarget, check_served, push_layout
+from multiarch.registry import check_served
 from multiarch.registry_api import (
     Manifest,
     RegistryClient,
@@ -44,8 +44,6 @@ from multiarch.results import BuildResult, PlatformImage, summarise
 from multiarch.signals import signals_held
 from multiarch.source import PinnedSource
 from multiarch.tagjournal import write_journal
-
-INDEX_REF = "index"
 
 
 def index_annotations(source: PinnedSource, *, created: datetime) -> dict[str, str]:
@@ -100,22 +98,21 @@ def publish_images(
         raise PublishError("no platform images to publish")
     if not tags:
         raise PublishError("no tags to publish")
-    found = [(built.platform, checked_layout_image(built)) for built in images]
+    if len({built.handoff for built in images}) != 1:
+        raise PublishError("the platforms were handed over in different ways: build them "
+                           "again in one run")
+    handoff = handoff_named(images[0].handoff)
     merged = dict(index_annotations(source, created=datetime.now(UTC)))
     merged.update(annotations or {})
-    index = assemble_index(found, annotations=merged)
-    digest = write_index_layout(index_dir, index, [img for _, img in found], ref_name=INDEX_REF)
-    pushed = Manifest(digest=digest, media_type=MEDIA_TYPE_INDEX,
-                      body=blob_path(index_dir, digest).read_bytes())
-    expected = {str(p): img.manifest_digest for p, img in found}
     with registry_client(image.registry, insecure=insecure) as client:
+        found = handoff.collect(images, client=client, image=image)
+        index = assemble_index(found, annotations=merged)
+        digest = sha256_digest(index)
+        pushed = Manifest(digest=digest, media_type=MEDIA_TYPE_INDEX, body=index)
+        expected = {str(p): img.manifest_digest for p, img in found}
         index_is_new = _read(client, image.repository, digest) is None
-        emit(f"[publish] pushing {len(found)} platforms to {image.with_digest(digest)}")
-        push_layout(
-            index_dir, INDEX_REF, destination=image.with_digest(digest),
-            target=RegistryTarget(name=image.name, insecure=insecure),
-            emit=lambda line: emit(f"[publish] {line}"), label="[publish]",
-        )
+        handoff.push_index(index, found, client=client, image=image, index_dir=index_dir,
+                           insecure=insecure, emit=emit)
         # The tag section: a signal here is held until the tags are whole again (all moved
         # and verified, then put back, since a cancelled run publishes nothing).
         with signals_held() as arrived:
@@ -141,16 +138,6 @@ def publish_images(
             for built, (_, layout_image) in zip(images, found, strict=True)
         ],
     )
-
-
-def checked_layout_image(built: PlatformImage) -> LayoutImage:
-    layout_image = read_layout_image(Path(built.layout), built.layout_ref)
-    if layout_image.manifest_digest != built.digest:
-        raise PublishError(
-            f"layout of {built.platform} changed since its build "
-            f"({layout_image.manifest_digest} != {built.digest})"
-        )
-    return layout_image
 
 
 def write_tags(client: RegistryClient, image: ImageReference, tags: list[str],

@@ -283,6 +283,18 @@ def read_manifest(client: RegistryClient, repository: str, reference: str) -> Ma
                     body=response.content)
 
 
+def read_blob(client: RegistryClient, repository: str, digest: str) -> bytes:
+    """A blob's bytes (an image config), checked against its digest."""
+    path = f"/v2/{repository}/blobs/{digest}"
+    response = client.request("GET", path, scope=_scope(repository, "pull"),
+                              follow_redirects=True)
+    if response.status_code != 200:
+        raise failure(f"GET {client.registry}{path}", response)
+    if sha256_digest(response.content) != digest:
+        raise PublishError(f"GET {client.registry}{path}: the bytes do not match the digest")
+    return response.content
+
+
 def put_manifest(client: RegistryClient, repository: str, reference: str, *, body: bytes,
                  media_type: str) -> str:
     """Store these exact bytes under a tag; returns the digest the registry reports."""

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from multiarch.kube_options import KubernetesOptions
+from multiarch.parameters import Cli
 from multiarch.platforms import Platform
 from multiarch.references import DEFAULT_TAG, ImageReference, check_tag
+from multiarch.runners import RUNNERS
+from multiarch.runners.kubernetes.options import KubernetesOptions
 
 GIT_URL_RE = re.compile(r"^(?:https?|ssh|git|file)://|^[\w.-]+@[\w.-]+:")
 BUILD_ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -55,7 +57,7 @@ class RunnerOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["local", "kubernetes"] = Field(
+    kind: Annotated[Literal[tuple(RUNNERS)], Cli("--runner")] = Field(  # type: ignore[valid-type]
         "local",
         description="Where builds run: `local` (subprocesses on this machine) or "
         "`kubernetes` (one Job per platform on a node of that architecture).",
@@ -70,7 +72,8 @@ class RunnerOptions(BaseModel):
         description="Handoff directory for the per-platform OCI layouts; "
         "default <work_dir>/shared.",
     )
-    timeout_s: int = Field(3600, gt=0, description="Wall-clock limit for one platform's build.")
+    timeout_s: Annotated[int, Cli("--timeout")] = Field(
+        3600, gt=0, description="Wall-clock limit for one platform's build (seconds).")
     storage_driver: Literal["overlay", "vfs"] = Field(
         "overlay", description="Container storage driver for the local build store."
     )
@@ -102,19 +105,23 @@ class BuildRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     image: ImageReference = Field(description="Push target, registry/repository[:tag].")
-    tags: tuple[str, ...] = Field((), description="More tags for the same index.")
-    platforms: tuple[Platform, ...] = Field(
+    tags: Annotated[tuple[str, ...], Cli("--tag")] = Field(
+        (), description="More tags for the same index.")
+    platforms: Annotated[tuple[Platform, ...], Cli("--platform")] = Field(
         min_length=1, description="Target platforms, os/arch[/variant]."
     )
     context: str = Field(description="Build context: a local directory or a git URL.")
     git_ref: str | None = Field(
         None, description="Branch, tag or commit of a git context (default: HEAD)."
     )
-    containerfile: str | None = Field(
+    containerfile: Annotated[str | None, Cli("--file")] = Field(
         None, description="Containerfile path relative to the context (default: buildah's)."
     )
-    build_args: dict[str, str] = Field(default_factory=dict, description="--build-arg K=V.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Image labels.")
+    build_args: Annotated[dict[str, str], Cli("--build-arg")] = Field(
+        default_factory=dict, description="Build arguments (KEY=value); values reach buildah "
+        "verbatim.")
+    labels: Annotated[dict[str, str], Cli("--label")] = Field(
+        default_factory=dict, description="Image labels (KEY=value).")
     target: str | None = Field(None, description="Build stage to stop at.")
     allow_emulation: bool = Field(
         False, description="Allow QEMU emulation for platforms this host cannot run natively."
@@ -144,7 +151,8 @@ class BuildRequest(BaseModel):
         description="Timestamp (epoch seconds) of every image, layer file and the index; "
         "default: the pinned commit's time, or a local context's newest file time.",
     )
-    runner: RunnerOptions = Field(default_factory=RunnerOptions)
+    runner: RunnerOptions = Field(default_factory=RunnerOptions,
+                                  description="Where builds run and how (RunnerOptions).")
 
     @field_validator("platforms")
     @classmethod

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
 
 from multiarch.platforms import Platform
 
 
 class PlatformImage(BaseModel):
-    """One platform's built image, sitting in an OCI layout on the shared volume."""
+    """One platform's built image, as its handoff (multiarch.handoff) left it: an OCI layout
+    on the shared volume, or a manifest pushed by digest to the target repository."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -17,8 +20,10 @@ class PlatformImage(BaseModel):
     size: int  # compressed bytes: manifest + config + layers
     emulated: bool
     duration_s: float
-    layout: str  # directory of the OCI layout
-    layout_ref: str
+    handoff: Literal["shared", "registry"] = "shared"
+    layout: str | None = None  # shared: directory of the OCI layout
+    layout_ref: str = "image"
+    reference: str | None = None  # registry: repository@digest
 
 
 class PlatformSummary(BaseModel):

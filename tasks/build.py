@@ -8,9 +8,9 @@ from prefect.cache_policies import NONE
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest
 from multiarch.results import PlatformImage
-from multiarch.runners import dispatch
-from multiarch.runners.local import RunDirs
+from multiarch.runners import RunContext, runner_for
 from multiarch.source import PinnedSource
+from multiarch.workspace import RunDirs
 from tasks.retry import only_transient
 
 BUILD_RETRIES = 2
@@ -20,5 +20,6 @@ BUILD_RETRIES = 2
       retry_delay_seconds=10, retry_condition_fn=only_transient, cache_policy=NONE)
 def build_platform_task(request: BuildRequest, source: PinnedSource, platform: Platform,
                         dirs: RunDirs) -> PlatformImage:
-    return dispatch.build(request, source, platform, dirs=dirs,
-                          flow_run_id=str(runtime.flow_run.id or ""), log=get_run_logger())
+    run = RunContext(dirs=dirs, flow_run_id=str(runtime.flow_run.id or ""),
+                     log=get_run_logger())
+    return runner_for(request.runner.kind).build(request, source, platform, run)

@@ -26,9 +26,9 @@ from multiarch.errors import PublishError
 from multiarch.publish_lock import publish_lock
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
-from multiarch.runners import dispatch
-from multiarch.runners.local import RunDirs
+from multiarch.runners import RunContext, runner_for
 from multiarch.source import PinnedSource
+from multiarch.workspace import RunDirs
 from tasks.retry import only_transient
 
 SLOT_ATTEMPT_S = 1.0  # one request for the slot; not granted: another run holds it
@@ -104,6 +104,7 @@ def prefect_slot(name: str, *, repository: str, emit: Callable[[str], None]
 def publish_task(request: BuildRequest, source: PinnedSource, images: list[PlatformImage],
                  dirs: RunDirs, annotations: dict[str, str] | None = None) -> BuildResult:
     with serialised_publish(request.image.name, dirs):
-        return dispatch.publish(request, source, images, dirs=dirs,
-                                flow_run_id=str(runtime.flow_run.id or ""),
-                                log=get_run_logger(), annotations=annotations)
+        run = RunContext(dirs=dirs, flow_run_id=str(runtime.flow_run.id or ""),
+                         log=get_run_logger())
+        return runner_for(request.runner.kind).publish(request, source, images, run,
+                                                       annotations)

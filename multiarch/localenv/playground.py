@@ -15,7 +15,7 @@ from pathlib import Path
 from multiarch.emulation import ensure_emulation, host_architecture
 from multiarch.localenv.busybox import prepare_busybox_context
 from multiarch.localenv.registry import LocalRegistry, start_registry, stop_registry
-from multiarch.pipeline import build_and_publish
+from multiarch.orchestrate import build_and_publish
 from multiarch.registry import RegistryTarget, fetch_manifest
 from multiarch.request import BuildRequest, RunnerOptions
 

@@ -474,7 +474,7 @@ def test_kubernetes_fetch_gets_the_token_only_from_its_mounted_secret(
     """The fetch pod's git reads a Secret mounted only into that container; the Job spec
     carries the Secret's name. (The worker's own git calls use a credentials file.)"""
     from flows.build import build_multiarch_image
-    from multiarch.jobs import GIT_CREDENTIALS_KEY
+    from multiarch.runners.kubernetes.manifests import GIT_CREDENTIALS_KEY
     from tests.kube.cluster import NodeSpec, start_fake_cluster
 
     line = git_server.url_with(SECRET).removesuffix("/repo.git")

@@ -25,8 +25,9 @@ import pytest
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest, RunnerOptions
 from multiarch.runclaim import mounts_under, sweep
-from multiarch.runners.local import RunDirs, build_platform
+from multiarch.runners.local.runner import build_platform
 from multiarch.source import PinnedSource
+from multiarch.workspace import RunDirs
 from tests.faults.hoststate import (
     age_networks,
     host_runtime_state,

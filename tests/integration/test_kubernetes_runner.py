@@ -18,12 +18,12 @@ import pytest
 
 from flows.build import PlatformsFailed, build_multiarch_image
 from multiarch.errors import ConfigurationError, MultiarchError, StepFailed, TransientError
-from multiarch.jobs import LABEL_PLATFORM, platform_job
-from multiarch.kube_options import KubernetesOptions
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest
-from multiarch.runners import dispatch
-from multiarch.runners import kubernetes as kube_runner
+from multiarch.runners import stop_all
+from multiarch.runners.kubernetes import runner as kube_runner
+from multiarch.runners.kubernetes.manifests import LABEL_PLATFORM, platform_job
+from multiarch.runners.kubernetes.options import KubernetesOptions
 from multiarch.source import PinnedSource
 from tests.integration.conftest import read_image_file, skopeo_raw, tag_digest
 from tests.integration.prefect_queries import task_run_counts, task_runs
@@ -400,7 +400,7 @@ def test_cancellation_deletes_the_running_job(cluster, playground, tmp_path):
         ),
         timeout=120,
     )
-    assert dispatch.stop_everything() is None
+    assert stop_all() is None
     worker.join(60)
     assert not worker.is_alive()
     assert outcome and isinstance(outcome[0], MultiarchError)
@@ -472,3 +472,32 @@ def test_missing_builder_image_fails_at_once_with_a_hint(cluster, playground, tm
     assert "cannot pull its image (ImagePullBackOff)" in message
     assert "builder_image" in message
     assert_nothing_left(cluster)
+
+
+def test_registry_handoff_needs_no_shared_volume(playground, prefect_server, tmp_path,
+                                                 builder_path):
+    """Each build pod pushes its platform by digest; no Job mounts a shared claim (the test
+    cluster has none), and the publish Job only writes manifests."""
+    with start_fake_cluster(tmp_path / "cluster", nodes=BOTH, namespace="multiarch",
+                            shared_claims={}) as cluster:
+        context = make_repo(tmp_path / "repo", CONTAINERFILE)
+        image = f"{playground.address}/tests/kube-registry-handoff"
+        state = run_flow(cluster, playground, image=f"{image}:latest", context=context,
+                         platforms=["linux/amd64", "linux/arm64"], handoff="registry",
+                         return_state=True)
+        assert state.is_completed(), state.message
+        result = state.result()
+        assert tag_digest(f"{image}:latest") == result.index_digest
+        index = json.loads(skopeo_raw(f"{image}:latest"))
+        assert [m["digest"] for m in index["manifests"]] == [p.digest for p in result.platforms]
+        created = cluster.created_jobs()
+        assert len(created) == 3
+        for job in created:
+            pod = job["spec"]["template"]["spec"]
+            assert not any("persistentVolumeClaim" in v for v in pod["volumes"]), pod["volumes"]
+        builds = [j for j in created if j["metadata"]["labels"].get(LABEL_PLATFORM)]
+        for job in builds:
+            pod = job["spec"]["template"]["spec"]
+            assert [c["name"] for c in [*pod["initContainers"], *pod["containers"]]][-2:] == \
+                ["export", "push"]
+        assert_nothing_left(cluster)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flows.build import PlatformsFailed, build_multiarch_image
-from multiarch.pipeline import build_and_publish
+from multiarch.orchestrate import build_and_publish
 from multiarch.request import BuildRequest, RunnerOptions
 from tests.integration.conftest import EXAMPLE_HELLO, registry_files, tag_digest
 from tests.integration.prefect_queries import artifact_data, task_run_counts, task_runs

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from flows.build import build_multiarch_image
-from multiarch.pipeline import build_and_publish
+from multiarch.orchestrate import build_and_publish
 from multiarch.request import BuildRequest, RunnerOptions
 from tests.integration.conftest import skopeo_raw, tag_digest
 from tests.integration.prefect_queries import artifact_data, task_runs

@@ -10,8 +10,9 @@ from multiarch.errors import StepFailed, TransientStepFailure
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest
 from multiarch.results import PlatformImage
-from multiarch.runners.local import RunDirs
+from multiarch.runners.local.runner import LocalRunner
 from multiarch.source import PinnedSource
+from multiarch.workspace import RunDirs
 from tests.integration.conftest import EXAMPLE_HELLO
 
 pytestmark = pytest.mark.integration
@@ -60,7 +61,7 @@ def test_transient_failure_is_retried_until_it_passes(prefect_server, tmp_path, 
             )
         return _image()
 
-    monkeypatch.setattr(tasks.build.dispatch, "build", flaky)
+    monkeypatch.setattr(LocalRunner, "build", flaky)
     state = _run_build_task(tmp_path)
     assert state.is_completed()
     assert len(calls) == 2
@@ -78,7 +79,7 @@ def test_permanent_failure_is_not_retried(prefect_server, tmp_path, monkeypatch)
             tail=[],
         )
 
-    monkeypatch.setattr(tasks.build.dispatch, "build", broken)
+    monkeypatch.setattr(LocalRunner, "build", broken)
     state = _run_build_task(tmp_path)
     assert state.is_failed()
     assert len(calls) == 1
@@ -93,7 +94,7 @@ def test_transient_failures_give_up_after_the_retry_budget(prefect_server, tmp_p
             "registry down: connection refused", step="build", exit_code=125, tail=[]
         )
 
-    monkeypatch.setattr(tasks.build.dispatch, "build", down)
+    monkeypatch.setattr(LocalRunner, "build", down)
     state = _run_build_task(tmp_path)
     assert state.is_failed()
     assert len(calls) == 1 + tasks.build.BUILD_RETRIES

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from multiarch.diagnostics import Verdict, diagnose_pod
+from multiarch.runners.kubernetes.diagnostics import Verdict, diagnose_pod
 
 
 def pod(

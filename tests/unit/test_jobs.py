@@ -7,7 +7,11 @@ import json
 import kubernetes_validate
 import pytest
 
-from multiarch.jobs import (
+from multiarch.plan import FETCH_SCRIPT, plan_build
+from multiarch.platforms import Platform
+from multiarch.publish import PublishSpec, publish_spec_step
+from multiarch.request import BuildRequest, RunnerOptions
+from multiarch.runners.kubernetes.manifests import (
     build_job,
     label_value,
     node_selector,
@@ -15,11 +19,7 @@ from multiarch.jobs import (
     pod_paths,
     publish_job,
 )
-from multiarch.kube_options import KubernetesOptions, PlatformPlacement
-from multiarch.plan import FETCH_SCRIPT, plan_build
-from multiarch.platforms import Platform
-from multiarch.publish import PublishSpec, publish_spec_step
-from multiarch.request import BuildRequest, RunnerOptions
+from multiarch.runners.kubernetes.options import KubernetesOptions, PlatformPlacement
 from multiarch.source import PinnedSource
 
 SCHEMA_VERSIONS = [f"1.{minor}.0" for minor in range(28, 38)]

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-import multiarch.runners.local as local
+import multiarch.runners.local.runner as local
 from multiarch.emulation import EmulationStatus
 from multiarch.errors import ConfigurationError
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest, RunnerOptions
 from multiarch.runclaim import mounts_under
+from multiarch.workspace import run_dirs
 
 EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "hello")
 
@@ -73,19 +74,29 @@ def test_missing_tools_are_named(monkeypatch):
 
 
 def test_run_dirs_keep_storage_local_and_layouts_on_the_shared_volume(tmp_path):
-    dirs = local.run_dirs(
-        request("linux/amd64", work_dir=str(tmp_path / "w"), shared_dir=str(tmp_path / "nfs")),
-        run_id="r1",
-    )
-    paths = dirs.platform_paths(Platform.parse("linux/arm/v7"))
+    wanted = request("linux/amd64", work_dir=str(tmp_path / "w"),
+                     shared_dir=str(tmp_path / "nfs"))
+    dirs = run_dirs(wanted, run_id="r1")
+    paths = local.platform_paths(wanted, dirs, Platform.parse("linux/arm/v7"))
     assert paths.layout == str(tmp_path / "nfs" / "r1" / "linux-arm-v7")
+    assert paths.digest_file is None
     assert paths.storage_root == str(
         tmp_path / "w" / "builds" / "r1" / "linux-arm-v7" / "storage" / "root"
     )
 
 
+def test_registry_handoff_keeps_the_layout_in_the_build_scratch(tmp_path):
+    wanted = request("linux/amd64", work_dir=str(tmp_path / "w"),
+                     shared_dir=str(tmp_path / "nfs")).model_copy(update={"handoff": "registry"})
+    dirs = run_dirs(wanted, run_id="r1")
+    paths = local.platform_paths(wanted, dirs, Platform.parse("linux/arm64"))
+    scratch = tmp_path / "w" / "builds" / "r1" / "linux-arm64"
+    assert paths.layout == str(scratch / "layout")
+    assert paths.digest_file == str(scratch / "digest")
+
+
 def test_shared_dir_defaults_under_the_work_dir(tmp_path):
-    dirs = local.run_dirs(request("linux/amd64", work_dir=str(tmp_path)), run_id="r2")
+    dirs = run_dirs(request("linux/amd64", work_dir=str(tmp_path)), run_id="r2")
     assert dirs.run_shared == tmp_path / "shared" / "r2"
 
 

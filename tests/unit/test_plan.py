@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from multiarch.plan import FETCH_SCRIPT, PlanPaths, Step, export_step, plan_build
+from multiarch.handoff.layouts import export_step
+from multiarch.plan import FETCH_SCRIPT, PlanPaths, Step, plan_build
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest
 from multiarch.source import PinnedSource

@@ -7,10 +7,11 @@ appear only by name (a Secret, a credentials block), never by value.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from multiarch.parameters import Cli
 from multiarch.platforms import Platform
 
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -96,7 +97,7 @@ class KubernetesOptions(BaseModel):
         description="Per-platform extra nodeSelector, tolerations and resources, "
         "keyed by platform (linux/arm/v7).",
     )
-    unschedulable_grace_s: int = Field(
+    unschedulable_grace_s: Annotated[int, Cli("--unschedulable-grace")] = Field(
         60, ge=0, description="How long a pod may stay unschedulable before the build fails."
     )
     ttl_after_finished_s: int = Field(

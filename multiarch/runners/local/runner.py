@@ -8,70 +8,44 @@ emulated build's timings or behaviour for native ones.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
 from multiarch.emulation import emulation_status, host_architecture
 from multiarch.errors import ConfigurationError
+from multiarch.handoff import handoff_named
 from multiarch.oci import read_layout_image
 from multiarch.plan import PlanPaths, plan_build, sandbox_tmp
 from multiarch.platforms import Platform
 from multiarch.process import run_step
+from multiarch.publish import publish_request
 from multiarch.request import BuildRequest
-from multiarch.results import PlatformImage
-from multiarch.runclaim import remove_tree
+from multiarch.results import BuildResult, PlatformImage
+from multiarch.runclaim import RUNS_DIR, remove_tree
+from multiarch.runners import LineLogger, RunContext
 from multiarch.source import PinnedSource, write_git_store
+from multiarch.tagjournal import journal_path
+from multiarch.workspace import RunDirs
 
-DEFAULT_WORK_DIR = "/var/tmp/multiarch"  # noqa: S108 - a fixed, root-owned scratch root
 # Tool -> the Debian package that ships it. runc runs each RUN step in its own
 # namespaces (buildah --isolation oci); unshare gives each step a PID namespace.
 REQUIRED_TOOLS = {"buildah": "buildah", "skopeo": "skopeo", "runc": "runc",
                   "unshare": "util-linux"}
 
 
-class LineLogger(Protocol):
-    def info(self, msg: str, /) -> None: ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunDirs:
-    """Where one run keeps its files on this machine."""
-
-    work: Path
-    shared: Path
-    run_id: str
-
-    @property
-    def run_shared(self) -> Path:
-        """The run's handoff directory: one OCI layout per platform, then the index."""
-        return self.shared / self.run_id
-
-    @property
-    def run_scratch(self) -> Path:
-        """The run's local scratch space: one directory per platform below it."""
-        return self.work / "builds" / self.run_id
-
-    def platform_paths(self, platform: Platform) -> PlanPaths:
-        scratch = self.scratch(platform)
-        return PlanPaths(
-            checkout=str(scratch / "src"),
-            storage_root=str(scratch / "storage" / "root"),
-            storage_runroot=str(scratch / "storage" / "runroot"),
-            layout=str(self.run_shared / platform.slug),
-        )
-
-    def scratch(self, platform: Platform) -> Path:
-        return self.run_scratch / platform.slug
-
-
-def run_dirs(request: BuildRequest, run_id: str) -> RunDirs:
-    work = Path(request.runner.work_dir or os.environ.get("MULTIARCH_WORK_DIR", DEFAULT_WORK_DIR))
-    shared = Path(request.runner.shared_dir) if request.runner.shared_dir else work / "shared"
-    return RunDirs(work=work.resolve(), shared=shared.resolve(), run_id=run_id)
+def platform_paths(request: BuildRequest, dirs: RunDirs, platform: Platform) -> PlanPaths:
+    """Build store and checkout in the platform's scratch; the layout where the handoff says."""
+    scratch = dirs.scratch(platform)
+    return PlanPaths(
+        checkout=str(scratch / "src"),
+        storage_root=str(scratch / "storage" / "root"),
+        storage_runroot=str(scratch / "storage" / "runroot"),
+        layout=str(handoff_named(request.handoff).layout_dir(dirs, platform)),
+        digest_file=str(scratch / "digest") if request.handoff == "registry" else None,
+    )
 
 
 def is_native(platform: Platform) -> bool:
@@ -117,7 +91,7 @@ def build_platform(
     log: LineLogger,
 ) -> PlatformImage:
     """Run one platform's plan and return its image, read back from the layout."""
-    paths = dirs.platform_paths(platform)
+    paths = platform_paths(request, dirs, platform)
     if source.kind == "git":  # credentials by file path, never on argv (multiarch.credentials)
         paths = replace(paths, git_credentials=write_git_store(
             request, dirs.run_scratch / f"{platform.slug}.git-credentials"))
@@ -137,25 +111,21 @@ def build_platform(
             run_step(
                 step, emit=lambda line: log.info(f"{label} {line}"), deadline=deadline, label=label
             )
+        image = read_layout_image(layout, plan.layout_ref)  # in scratch for the registry handoff
     finally:
         remove_scratch(scratch)
-    image = read_layout_image(layout, plan.layout_ref)
+    shared = request.handoff == "shared"
     return PlatformImage(
         platform=platform,
         digest=image.manifest_digest,
         size=image.total_size,
         emulated=not is_native(platform),
         duration_s=time.monotonic() - started,
-        layout=str(layout),
+        handoff=request.handoff,
+        layout=str(layout) if shared else None,
         layout_ref=plan.layout_ref,
+        reference=None if shared else request.image.with_digest(image.manifest_digest),
     )
-
-
-def remove_run_dirs(dirs: RunDirs, *, keep_shared: bool) -> None:
-    """Drop the run's scratch space, and its handoff directory unless it is to be kept."""
-    remove_tree(dirs.run_scratch)
-    if not keep_shared:
-        remove_tree(dirs.run_shared)
 
 
 def remove_scratch(path: Path) -> None:
@@ -166,3 +136,32 @@ def remove_scratch(path: Path) -> None:
 def _fresh_dir(path: Path) -> None:
     remove_scratch(path)
     path.mkdir(parents=True)
+
+
+class LocalRunner:
+    """Builds on this machine; publishes from this process (the layouts are here)."""
+
+    def preflight(self, request: BuildRequest) -> list[str]:
+        return preflight(request)
+
+    def build(self, request: BuildRequest, source: PinnedSource, platform: Platform,
+              run: RunContext) -> PlatformImage:
+        return build_platform(request, source, platform, dirs=run.dirs, log=run.log)
+
+    def publish(self, request: BuildRequest, source: PinnedSource,
+                images: list[PlatformImage], run: RunContext,
+                annotations: Mapping[str, str] | None = None) -> BuildResult:
+        return publish_request(request, source, images, index_dir=run.dirs.run_shared / "index",
+                               emit=run.log.info, annotations=annotations,
+                               journal=journal_path(run.dirs.work / RUNS_DIR, run.run_id))
+
+    def cleanup(self, request: BuildRequest, run: RunContext) -> None:
+        """The run's scratch space, and its handoff unless it is to be kept."""
+        remove_tree(run.dirs.run_scratch)
+        handoff_named(request.handoff).cleanup(run.dirs, keep=request.runner.keep_shared)
+
+    def stop(self) -> None:
+        """Local steps are the process layer's; `runners.stop_all` kills them."""
+
+
+RUNNER = LocalRunner()

@@ -12,10 +12,10 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from multiarch.kube_options import KubernetesOptions
 from multiarch.plan import PlanPaths, Step, plan_build, prepare_layout_step
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest
+from multiarch.runners.kubernetes.options import KubernetesOptions
 from multiarch.source import PinnedSource
 
 APP_NAME = "multiarch-builder"
@@ -52,16 +52,22 @@ def escape_expansion(arg: str) -> str:
     return arg.replace("$", "$$")
 
 
-def pod_paths(run_id: str, platform: Platform,
-              options: KubernetesOptions | None = None) -> PlanPaths:
-    """Where a build pod keeps things; the layout path is the same for the publish pod."""
+def pod_paths(run_id: str, platform: Platform, options: KubernetesOptions | None = None,
+              *, handoff: str = "shared") -> PlanPaths:
+    """Where a build pod keeps things. Shared handoff: the layout on the shared volume (the
+    same path for the publish pod), and export, the last step, reports the digest in its
+    termination message. Registry handoff: the layout in the pod's workspace, and the push,
+    then the last step, reports it."""
     git_secret = options is not None and options.git_credentials_secret is not None
+    shared = handoff == "shared"
     return PlanPaths(
         checkout=f"{WORKSPACE_MOUNT}/src",
         storage_root=f"{STORAGE_MOUNT}/root",
         storage_runroot=f"{STORAGE_MOUNT}/runroot",
-        layout=f"{SHARED_MOUNT}/{run_id}/{platform.slug}",
-        digest_file=TERMINATION_LOG,
+        layout=f"{SHARED_MOUNT}/{run_id}/{platform.slug}" if shared
+        else f"{WORKSPACE_MOUNT}/layout",
+        digest_file=TERMINATION_LOG if shared else f"{WORKSPACE_MOUNT}/digest",
+        report_file=None if shared else TERMINATION_LOG,
         git_credentials=GIT_CREDENTIALS_FILE if git_secret else None,
     )
 
@@ -136,9 +142,10 @@ def container(step: Step, *, options: KubernetesOptions, mounts: Sequence[Mappin
 
 
 def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool,
-                with_git_credentials: bool = False) -> list[dict[str, Any]]:
+                with_git_credentials: bool = False, shared: bool = True) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
-        {"name": "shared", "persistentVolumeClaim": {"claimName": options.shared_claim}},
+        *([{"name": "shared", "persistentVolumeClaim": {"claimName": options.shared_claim}}]
+          if shared else []),
         {"name": "workspace", "emptyDir": {}},
         {"name": "storage", "emptyDir": {}},
     ]
@@ -159,9 +166,9 @@ def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool,
     return volumes
 
 
-def _mounts(options: KubernetesOptions) -> list[dict[str, Any]]:
+def _mounts(options: KubernetesOptions, *, shared: bool = True) -> list[dict[str, Any]]:
     mounts = [
-        {"name": "shared", "mountPath": SHARED_MOUNT},
+        *([{"name": "shared", "mountPath": SHARED_MOUNT}] if shared else []),
         {"name": "workspace", "mountPath": WORKSPACE_MOUNT},
         {"name": "storage", "mountPath": STORAGE_MOUNT},
     ]
@@ -174,13 +181,14 @@ def job_manifest(
     steps: Sequence[Step], *, options: KubernetesOptions, labels: Mapping[str, str],
     name_prefix: str, timeout_s: int, selector: Mapping[str, str] | None,
     tolerations: Sequence[Mapping[str, Any]] = (), resources: Mapping[str, Any] | None = None,
-    push_step: str | None = None,
+    push_step: str | None = None, shared: bool = True,
 ) -> dict[str, Any]:
     """One Job running `steps` in order; only the step named `push_step` sees registry
-    credentials, only the fetch step git credentials (as a mounted file, never a value)."""
+    credentials, only the fetch step git credentials (as a mounted file, never a value).
+    `shared`: mount the shared handoff volume (not needed by the registry handoff)."""
     if not steps:
         raise ValueError("a Job needs at least one step")
-    mounts = _mounts(options)
+    mounts = _mounts(options, shared=shared)
     containers = []
     fetches = any(step.name == FETCH_STEP for step in steps)
     for step in steps:
@@ -200,7 +208,7 @@ def job_manifest(
         "automountServiceAccountToken": False,  # build steps never talk to the API
         "containers": containers[-1:],
         "volumes": pod_volumes(options, with_registry_auth=push_step is not None,
-                               with_git_credentials=fetches),
+                               with_git_credentials=fetches, shared=shared),
     }
     if len(containers) > 1:
         pod_spec["initContainers"] = containers[:-1]
@@ -223,34 +231,40 @@ def job_manifest(
 
 
 def build_job(steps: Sequence[Step], *, platform: Platform, options: KubernetesOptions,
-              flow_run_id: str, image_name: str, timeout_s: int) -> dict[str, Any]:
+              flow_run_id: str, image_name: str, timeout_s: int,
+              handoff: str = "shared") -> dict[str, Any]:
+    """A platform's Job. Registry handoff: no shared volume; the push step (only it) gets
+    the registry Secret."""
     placement = options.placement(platform)
+    shared = handoff == "shared"
     return job_manifest(
         steps, options=options,
         labels=job_labels(component="build", flow_run_id=flow_run_id, image_name=image_name,
                           platform=platform),
         name_prefix=generate_name(image_name, platform.slug), timeout_s=timeout_s,
         selector=node_selector(platform, options), tolerations=placement.tolerations,
-        resources=placement.resources,
+        resources=placement.resources, push_step=None if shared else "push", shared=shared,
     )
 
 
 def publish_job(step: Step, *, options: KubernetesOptions, flow_run_id: str, image_name: str,
-                timeout_s: int, selector: Mapping[str, str] | None = None) -> dict[str, Any]:
+                timeout_s: int, selector: Mapping[str, str] | None = None,
+                shared: bool = True) -> dict[str, Any]:
     return job_manifest(
         [step], options=options,
         labels=job_labels(component="publish", flow_run_id=flow_run_id, image_name=image_name,
                           platform=None),
         name_prefix=generate_name(image_name, "publish"), timeout_s=timeout_s,
-        selector=selector, push_step=step.name,
+        selector=selector, push_step=step.name, shared=shared,
     )
 
 
 def platform_job(request: BuildRequest, source: PinnedSource, platform: Platform, *,
                  run_id: str, flow_run_id: str) -> dict[str, Any]:
     """The whole Job for one platform of a request: prepare the layout, then the plan."""
-    paths = pod_paths(run_id, platform, request.runner.kubernetes)
+    paths = pod_paths(run_id, platform, request.runner.kubernetes, handoff=request.handoff)
     plan = plan_build(request, source, platform, paths, run_id=run_id)
     return build_job((prepare_layout_step(plan.layout), *plan.steps), platform=platform,
                      options=request.runner.kubernetes, flow_run_id=flow_run_id,
-                     image_name=request.image.name, timeout_s=request.runner.timeout_s)
+                     image_name=request.image.name, timeout_s=request.runner.timeout_s,
+                     handoff=request.handoff)

@@ -1,0 +1,105 @@
+"""The registry handoff: each build pushes its platform image by digest; no shared volume.
+
+Right after export, the build pushes its layout to the target repository by digest,
+untagged: nothing a user pulls changes, the platforms push in parallel from their own
+nodes, and the registry deduplicates blobs the platforms share. Publish then moves
+manifest bytes only: it reads each platform's manifest (and config, to check the
+platform) back by digest, and PUTs the index by digest before the tags are written.
+
+An untagged platform manifest whose run fails stays in the repository until the
+registry's garbage collection, like any untagged manifest; it is never reachable by tag.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from multiarch.errors import PublishError
+from multiarch.handoff.layouts import LAYOUT_REF, export_step
+from multiarch.oci import LayoutImage
+from multiarch.ocispec import IMAGE_MANIFEST_TYPES, MEDIA_TYPE_INDEX, sha256_digest
+from multiarch.process import Step
+from multiarch.registry import RETRY_TIMES
+from multiarch.registry_api import put_manifest, read_blob, read_manifest, retrying
+
+if TYPE_CHECKING:
+    from multiarch.plan import PlanPaths
+    from multiarch.platforms import Platform
+    from multiarch.references import ImageReference
+    from multiarch.registry_api import RegistryClient
+    from multiarch.request import BuildRequest
+    from multiarch.results import PlatformImage
+    from multiarch.workspace import RunDirs
+
+# The digest is known only once export has written it, so the push reads it from the
+# digest file. A fixed script: every value arrives as "$1".."$3", skopeo's options as "$@".
+PUSH_SCRIPT = (
+    'source=$1 repository=$2 digest_file=$3; shift 3; '
+    'exec skopeo copy "$@" "$source" "docker://$repository@$(cat -- "$digest_file")"'
+)
+
+
+class RegistryHandoff:
+    name: ClassVar[str] = "registry"
+
+    def layout_dir(self, dirs: RunDirs, platform: Platform) -> Path:
+        return dirs.scratch(platform) / "layout"
+
+    def export_steps(self, request: BuildRequest, paths: PlanPaths, *, image: str
+                     ) -> list[Step]:
+        if paths.digest_file is None:
+            raise ValueError("the registry handoff needs a digest file in the plan's paths")
+        tls = ["--dest-tls-verify=false"] if request.insecure_registry else []
+        report = ["--digestfile", paths.report_file] if paths.report_file else []
+        push = Step(name="push", argv=(
+            "sh", "-c", PUSH_SCRIPT, "push", f"oci:{paths.layout}:{LAYOUT_REF}",
+            request.image.name, paths.digest_file,
+            "--preserve-digests", "--retry-times", RETRY_TIMES, *tls, *report,
+        ))
+        return [export_step(paths, image=image, driver=request.runner.storage_driver), push]
+
+    def collect(self, images: Sequence[PlatformImage], *, client: RegistryClient,
+                image: ImageReference) -> list[tuple[Platform, LayoutImage]]:
+        return [(built.platform, pushed_image(client, image, built)) for built in images]
+
+    def push_index(self, index: bytes, found: Sequence[tuple[Platform, LayoutImage]], *,
+                   client: RegistryClient, image: ImageReference, index_dir: Path,
+                   insecure: bool, emit: Callable[[str], None]) -> None:
+        digest = sha256_digest(index)
+        emit(f"[publish] index of {len(found)} pushed platforms -> {image.with_digest(digest)}")
+        retrying(lambda: put_manifest(client, image.repository, digest, body=index,
+                                      media_type=MEDIA_TYPE_INDEX))
+
+    def cleanup(self, dirs: RunDirs, *, keep: bool) -> None:
+        """Nothing on the flow's machine: the layouts lived in the builds' scratch space."""
+
+
+def pushed_image(client: RegistryClient, image: ImageReference,
+                 built: PlatformImage) -> LayoutImage:
+    """A platform's manifest and config as the registry holds them, by the build's digest."""
+    where = image.with_digest(built.digest)
+    manifest = retrying(lambda: read_manifest(client, image.repository, built.digest))
+    if manifest is None:
+        raise PublishError(f"{built.platform}: {where} is not in the registry: its build's "
+                           "push did not complete; run the build again")
+    if manifest.media_type not in IMAGE_MANIFEST_TYPES:
+        raise PublishError(f"{built.platform}: {where} is a {manifest.media_type}, not an image")
+    body = json.loads(manifest.body)
+    config_desc = body["config"]
+    config = json.loads(retrying(lambda: read_blob(client, image.repository,
+                                                   config_desc["digest"])))
+    blobs = [config_desc, *body.get("layers", [])]
+    return LayoutImage(
+        layout=None,
+        manifest_digest=built.digest,
+        manifest_size=len(manifest.body),
+        media_type=manifest.media_type,
+        os=config.get("os", ""),
+        architecture=config.get("architecture", ""),
+        variant=config.get("variant") or None,
+        total_size=len(manifest.body) + sum(int(b["size"]) for b in blobs),
+        blob_digests=tuple(b["digest"] for b in blobs),
+    )

@@ -1,0 +1,192 @@
+"""The one way a build runs: check, pin, decide, build every platform, publish, clean up.
+
+`run_build` is that sequence, written once. The flow wraps it (flows/build.py): its
+`Steps` run each unit as a Prefect task (retries, the UI, concurrency limits, cancellation)
+and add artifacts. Where no Prefect server is wanted (the playground's base image, tests
+of the core) `build_and_publish` runs the same sequence with plain calls, the platforms in
+parallel threads. Either way a run claims its directories (a sweep can clean up after a
+killed run), stops every build if it is interrupted, and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from multiarch import rebuild
+from multiarch.errors import MultiarchError
+from multiarch.platforms import Platform
+from multiarch.preflight import check_target, preflight_request
+from multiarch.request import BuildRequest
+from multiarch.results import BuildResult, PlatformImage
+from multiarch.runclaim import RunRecord, claim_run, sweep
+from multiarch.runners import LineLogger, RunContext, Runner, runner_for, stop_all
+from multiarch.source import PinnedSource, pin_source
+from multiarch.workspace import RunDirs, run_dirs
+
+
+class PlatformsFailed(MultiarchError):
+    """One or more platforms failed; nothing was published."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """A published result, or (rebuild: if-changed) the decision that nothing changed."""
+
+    result: BuildResult | None = None
+    up_to_date: rebuild.Decision | None = None
+
+
+class Steps(Protocol):
+    """How the units of a run are executed: Prefect tasks, or plain calls."""
+
+    log: LineLogger
+    flow_run_id: str
+
+    def pin_source(self, request: BuildRequest) -> PinnedSource: ...
+
+    def check_changes(self, request: BuildRequest, source: PinnedSource
+                      ) -> tuple[rebuild.Fingerprint | None, rebuild.Decision]: ...
+
+    def build_all(self, request: BuildRequest, source: PinnedSource,
+                  run: RunContext) -> list[PlatformImage]:
+        """Every platform at once; raises PlatformsFailed naming each failed platform."""
+        ...
+
+    def publish(self, request: BuildRequest, source: PinnedSource,
+                images: list[PlatformImage], run: RunContext,
+                annotations: Mapping[str, str] | None) -> BuildResult: ...
+
+    def run_record(self, request: BuildRequest, dirs: RunDirs) -> RunRecord: ...
+
+    def before_publish(self) -> None:
+        """Last moment to give up (a cancellation that arrived while building)."""
+        ...
+
+
+def run_build(request: BuildRequest, steps: Steps, *, run_id: str) -> Outcome:
+    runner = runner_for(request.runner.kind)
+    for note in [*runner.preflight(request), *preflight_request(request)]:  # before any build
+        steps.log.info(note)
+    source = steps.pin_source(request)
+    if request.is_git:  # the target stage is readable once the commit is pinned
+        for note in check_target(request, source):
+            steps.log.info(note)
+    wanted, decision = steps.check_changes(request, source)
+    if request.rebuild == "if-changed" and decision.up_to_date and decision.index_digest:
+        return Outcome(up_to_date=decision)
+    dirs = run_dirs(request, run_id)
+    run = RunContext(dirs=dirs, flow_run_id=steps.flow_run_id, log=steps.log)
+    with claim_run(dirs.work, steps.run_record(request, dirs)), \
+            finishing(runner, request, run):
+        for swept in sweep(dirs.work):
+            steps.log.info(f"swept what a dead run left: {swept}")
+        images = steps.build_all(request, source, run)
+        annotations = wanted.annotations() if wanted else None
+        steps.before_publish()
+        result = steps.publish(request, source, images, run, annotations)
+    return Outcome(result=result)
+
+
+def decide(request: BuildRequest, source: PinnedSource, *, info: Callable[[str], None],
+           warn: Callable[[str], None]) -> tuple[rebuild.Fingerprint | None, rebuild.Decision]:
+    """Does the tag already hold what this run would publish? With `rebuild: always` the
+    fingerprint is only recorded, so failing to compute it (an unreachable base registry,
+    say) must not stop the build."""
+    try:
+        wanted, decision = rebuild.check(request, source)
+    except MultiarchError as exc:
+        if request.rebuild != "always":
+            raise
+        warn(f"not recording a rebuild fingerprint: {exc}")
+        return None, rebuild.Decision(up_to_date=False, reasons=(f"not checked: {exc}",))
+    verdict = "up to date" if decision.up_to_date else "changed"
+    info(f"{request.image}: {verdict}: {'; '.join(decision.reasons)}")
+    return wanted, decision
+
+
+@contextlib.contextmanager
+def finishing(runner: Runner, request: BuildRequest, run: RunContext) -> Iterator[None]:
+    """Whatever the outcome, the runner cleans up; interrupted, every build is stopped first,
+    so nothing writes into a directory after it is removed."""
+    try:
+        yield
+    except BaseException:
+        stop_all()
+        raise
+    finally:
+        runner.cleanup(request, run)
+
+
+def run_record(request: BuildRequest, dirs: RunDirs, *, flow_run_id: str | None = None,
+               api_url: str | None = None, server_pid: int | None = None) -> RunRecord:
+    """What a sweep must remove and close should this process die mid-run."""
+    keep_shared = request.runner.keep_shared or request.runner.kind != "local" \
+        or request.handoff != "shared"
+    return RunRecord(
+        run_id=dirs.run_id, pid=os.getpid(), scratch=str(dirs.run_scratch),
+        shared=None if keep_shared else str(dirs.run_shared),
+        flow_run_id=flow_run_id, api_url=api_url, server_pid=server_pid,
+    )
+
+
+def failure_summary(failures: list[tuple[Platform, BaseException | str]], total: int) -> str:
+    return (f"{len(failures)} of {total} platforms failed, nothing was published: "
+            + "; ".join(str(reason) for _, reason in failures))
+
+
+@dataclass(kw_only=True)
+class PlainSteps:
+    """Each unit as a plain call; platforms in parallel threads."""
+
+    log: LineLogger
+    flow_run_id: str = ""
+
+    def pin_source(self, request: BuildRequest) -> PinnedSource:
+        return pin_source(request)
+
+    def check_changes(self, request: BuildRequest, source: PinnedSource
+                      ) -> tuple[rebuild.Fingerprint | None, rebuild.Decision]:
+        return decide(request, source, info=self.log.info, warn=self.log.info)
+
+    def build_all(self, request: BuildRequest, source: PinnedSource,
+                  run: RunContext) -> list[PlatformImage]:
+        runner = runner_for(request.runner.kind)
+        with ThreadPoolExecutor(max_workers=len(request.platforms)) as pool:
+            futures = [pool.submit(runner.build, request, source, p, run)
+                       for p in request.platforms]
+        failures: list[tuple[Platform, BaseException | str]] = [
+            (p, f.exception()) for p, f in zip(request.platforms, futures, strict=True)
+            if f.exception() is not None]  # type: ignore[misc]
+        if failures:
+            raise PlatformsFailed(failure_summary(failures, len(futures)))
+        return [f.result() for f in futures]
+
+    def publish(self, request: BuildRequest, source: PinnedSource,
+                images: list[PlatformImage], run: RunContext,
+                annotations: Mapping[str, str] | None) -> BuildResult:
+        return runner_for(request.runner.kind).publish(request, source, images, run,
+                                                       annotations)
+
+    def run_record(self, request: BuildRequest, dirs: RunDirs) -> RunRecord:
+        return run_record(request, dirs)
+
+    def before_publish(self) -> None:
+        pass
+
+
+def build_and_publish(request: BuildRequest, *, log: LineLogger,
+                      run_id: str | None = None) -> BuildResult:
+    """The whole run without Prefect (same sequence as the flow); returns what was published,
+    or what the tag already holds when `rebuild: if-changed` finds nothing to do."""
+    outcome = run_build(request, PlainSteps(log=log), run_id=run_id or uuid.uuid4().hex)
+    if outcome.up_to_date is not None:
+        assert outcome.up_to_date.index_digest is not None
+        return rebuild.published_result(request, outcome.up_to_date.index_digest)
+    assert outcome.result is not None
+    return outcome.result

@@ -1,0 +1,1 @@
+"""The local runner: every platform's plan as subprocesses on this machine (runner.py)."""
