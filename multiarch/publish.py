@@ -57,6 +57,14 @@ def index_annotations(source: PinnedSource, *, created: datetime) -> dict[str, s
     return annotations
 
 
+def index_created(source: PinnedSource) -> datetime:
+    """The index's `created`: the source's epoch, so that rebuilding the same source gives
+    the same index bytes; the clock only for a source pinned without one."""
+    if source.epoch is None:
+        return datetime.now(UTC)
+    return datetime.fromtimestamp(source.epoch, UTC)
+
+
 def publish_request(
     request: BuildRequest,
     source: PinnedSource,
@@ -101,7 +109,7 @@ def publish_images(
     if not tags:
         raise PublishError("no tags to publish")
     found = [(built.platform, checked_layout_image(built)) for built in images]
-    merged = dict(index_annotations(source, created=datetime.now(UTC)))
+    merged = dict(index_annotations(source, created=index_created(source)))
     merged.update(annotations or {})
     index = assemble_index(found, annotations=merged)
     digest = write_index_layout(index_dir, index, [img for _, img in found], ref_name=INDEX_REF)
