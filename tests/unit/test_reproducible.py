@@ -8,6 +8,7 @@ from pathlib import Path
 from multiarch.plan import PlanPaths, plan_build, reproducibility_flags
 from multiarch.platforms import Platform
 from multiarch.publish import CREATED_ANNOTATION, index_annotations, index_created
+from multiarch.rebuild import inputs_digest
 from multiarch.request import BuildRequest
 from multiarch.source import PinnedSource
 
@@ -58,3 +59,13 @@ def test_index_created_is_the_epoch() -> None:
 def test_index_created_without_epoch_is_now() -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     assert index_created(PinnedSource(kind="local", location="/x")) >= before
+
+
+def test_a_given_epoch_is_an_input_of_the_rebuild_fingerprint(tmp_path: Path) -> None:
+    """if-changed must rebuild when the user moves the epoch; the default one follows the
+    source and adds nothing, so fingerprints published before stay valid."""
+    source = PinnedSource(kind="local", location=str(tmp_path))
+    default = inputs_digest(request_for(tmp_path), source, "FROM scratch\n")
+    given = inputs_digest(request_for(tmp_path, source_date_epoch=1), source, "FROM scratch\n")
+    moved = inputs_digest(request_for(tmp_path, source_date_epoch=2), source, "FROM scratch\n")
+    assert len({default, given, moved}) == 3
