@@ -34,10 +34,12 @@ def git_commit_time(url: str, revision: str, *, block: str | None = None) -> int
     """The committer time of `revision` at `url`, without a checkout or any file content.
 
     A throw-away bare repository fetches that one commit (depth 1) without its trees
-    (`--filter=tree:0`), so the cost does not grow with the repository. Protocol v2
-    servers serve any commit by SHA; an older server that refuses gets a treeless fetch
-    of its default branch's history instead. Credentials reach git as a store file, as
-    for `resolve_git_ref`; errors are redacted and classified by `run_git`.
+    (`--filter=tree:0`): one commit object, whatever the size of the repository. A server
+    that does not allow filters (git's own default for file:// and plain git daemons)
+    sends that commit's snapshot instead, still without history. Protocol v2 servers serve
+    any commit by SHA; an older server that refuses gets a treeless fetch of every branch
+    and tag. Credentials reach git as a store file, as for `resolve_git_ref`; errors are
+    redacted and classified (transient or not) by `run_git`.
     """
     url = credentials.clean_url(url)
     lines = credentials.credential_lines(block)
