@@ -19,6 +19,8 @@ from multiarch.process import Step
 from multiarch.request import BuildRequest
 from multiarch.source import PinnedSource
 
+SOURCE_DATE_EPOCH_ARG = "SOURCE_DATE_EPOCH"
+
 
 @dataclass(frozen=True, kw_only=True)
 class PlanPaths:
@@ -139,6 +141,7 @@ def build_step(
         argv += ["--file", f"{context.rstrip('/')}/{request.containerfile}"]
     for name, value in request.build_args.items():
         argv += ["--build-arg", f"{name}={value}"]
+    argv += reproducibility_flags(request, source)
     for key, value in provenance_labels(request, source).items():
         argv += ["--label", f"{key}={value}"]
     if request.target:
@@ -151,6 +154,22 @@ def build_step(
         env["TMPDIR"] = sandbox_tmp(paths)
     argv += ["--tag", image, context]
     return Step(name="build", argv=tuple(argv), env=env)
+
+
+def reproducibility_flags(request: BuildRequest, source: PinnedSource) -> list[str]:
+    """Pin every time buildah would take from the clock to the source's epoch.
+
+    `--timestamp` sets the config's `created`, each history entry's and every layer file's
+    mtime (buildah 1.28 has no --source-date-epoch). SOURCE_DATE_EPOCH also goes in as a
+    build arg, BuildKit's convention, for tools in RUN steps that honour it; a user's own
+    value wins. buildah only warns about a build arg that no ARG consumes.
+    """
+    if source.epoch is None:
+        return []
+    flags = ["--timestamp", str(source.epoch)]
+    if SOURCE_DATE_EPOCH_ARG not in request.build_args:
+        flags += ["--build-arg", f"{SOURCE_DATE_EPOCH_ARG}={source.epoch}"]
+    return flags
 
 
 def sandbox_tmp(paths: PlanPaths) -> str:

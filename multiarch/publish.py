@@ -55,6 +55,14 @@ def index_annotations(source: PinnedSource, *, created: datetime) -> dict[str, s
     return annotations
 
 
+def index_created(source: PinnedSource) -> datetime:
+    """The index's `created`: the source's epoch, so that rebuilding the same source gives
+    the same index bytes; the clock only for a source pinned without one."""
+    if source.epoch is None:
+        return datetime.now(UTC)
+    return datetime.fromtimestamp(source.epoch, UTC)
+
+
 def publish_request(
     request: BuildRequest,
     source: PinnedSource,
@@ -102,7 +110,7 @@ def publish_images(
         raise PublishError("the platforms were handed over in different ways: build them "
                            "again in one run")
     handoff = handoff_named(images[0].handoff)
-    merged = dict(index_annotations(source, created=datetime.now(UTC)))
+    merged = dict(index_annotations(source, created=index_created(source)))
     merged.update(annotations or {})
     with registry_client(image.registry, insecure=insecure) as client:
         found = handoff.collect(images, client=client, image=image)

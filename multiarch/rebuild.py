@@ -107,6 +107,10 @@ def inputs_digest(request: BuildRequest, source: PinnedSource, containerfile: st
         "target": request.target,
         "platforms": [str(p) for p in request.platforms],
     }
+    if request.source_date_epoch is not None:
+        # Only when given, so digests recorded before this field existed stay valid. The
+        # default epoch follows from the source, which this document already holds.
+        document["source_date_epoch"] = request.source_date_epoch
     return sha256_digest(json.dumps(document, sort_keys=True).encode())
 
 

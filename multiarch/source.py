@@ -35,21 +35,41 @@ class PinnedSource(BaseModel):
     location: str  # absolute directory, or the git URL without credentials
     revision: str | None = None  # commit SHA when known
     ref: str | None = None  # what the user asked for
+    # SOURCE_DATE_EPOCH of every image, layer file and the index (multiarch.epoch)
+    epoch: int | None = None
 
 
 def pin_source(request: BuildRequest) -> PinnedSource:
+    from multiarch import epoch  # not at the top: epoch runs git through run_git below
+
     if request.is_git:
         ref = request.git_ref or "HEAD"
         # Normally the CLI or the flow has done this already; here it is the safety net.
         url = credentials.move_to_environment(request.context)
+        block = git_credentials_block(request)
+        revision = resolve_git_ref(url, ref, block=block)
         return PinnedSource(
             kind="git",
             location=url,
             ref=ref,
-            revision=resolve_git_ref(url, ref, block=git_credentials_block(request)),
+            revision=revision,
+            epoch=_given_or(request, lambda: epoch.git_commit_time(url, revision, block=block)),
         )
     directory = Path(request.context).resolve()
-    return PinnedSource(kind="local", location=str(directory), revision=local_revision(directory))
+    revision = local_revision(directory)
+    return PinnedSource(
+        kind="local",
+        location=str(directory),
+        revision=revision,
+        epoch=_given_or(request, lambda: epoch.local_epoch(directory, revision=revision)),
+    )
+
+
+def _given_or(request: BuildRequest, compute: Callable[[], int]) -> int:
+    """The user's source_date_epoch wins; otherwise the source's own time."""
+    if request.source_date_epoch is not None:
+        return request.source_date_epoch
+    return compute()
 
 
 def git_credentials_block(request: BuildRequest) -> str | None:

@@ -41,6 +41,9 @@ def test_bench_harness_writes_results(
             assert size[variant][key]["median"] > 0, (variant, key)
     assert size["ours"]["compressed_bytes"] > 0
     assert all(value > 0 for value in size["ratio_original_over_ours"].values())
+    for key in ("export_s", "publish_s", "total_s", "registry_bytes"):
+        assert size["registry"][key]["median"] > 0, ("registry", key)
+    assert size["registry"]["shared_bytes"]["median"] == 0  # no shared directory at all
     for case in data["b2"]["cases"]:
         assert case["flow_s"]["median"] > 0 and case["bare_s"]["median"] > 0
         assert case["ratio_flow_over_bare"] > 0
@@ -49,7 +52,8 @@ def test_bench_harness_writes_results(
     assert data["b3"]["ratio_emulated_over_native"] > 0
 
     markdown = paths["md"].read_text()
-    for heading in ("## B1", "## B2", "## B3", "original/ours", "flow/bare", "emulated/native"):
+    for heading in ("## B1", "## B2", "## B3", "original/ours", "original/registry",
+                    "flow/bare", "emulated/native"):
         assert heading in markdown
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "work").glob("b*/store-*")), "scratch stores were left behind"
