@@ -7,9 +7,13 @@ build). Per run, alternating which goes first:
   platform; merge step with fresh container storage: `skopeo copy oci-archive:...
   containers-storage:...`, `buildah manifest create`, `manifest add` per image,
   `buildah manifest push --all`.
-- ours: `multiarch.handoff.layouts.export_step` (gzip once, into an `oci:` layout) per
-  platform, then
+- ours (shared handoff): `multiarch.handoff.layouts.export_step` (gzip once, into an
+  `oci:` layout on the shared directory) per platform, then
   `multiarch.publish.publish_images` (push by digest, tags, verify).
+- registry (registry handoff): the registry handoff's export steps per platform (gzip once
+  into the build's scratch, then a push by digest: in a real run each build does this on
+  its own node, in parallel; here one after the other, as the other variants export), then
+  `publish_images`, which reads the manifests back and PUTs the index and the tags only.
 
 Every run pushes to a registry of its own, so registry bytes are that run's storage growth.
 """
@@ -33,12 +37,14 @@ from bench.harness import (
     run,
     summary,
 )
+from multiarch.handoff import handoff_named
 from multiarch.handoff.layouts import LAYOUT_REF, export_step
 from multiarch.oci import read_layout_image
 from multiarch.plan import PlanPaths
 from multiarch.platforms import Platform
 from multiarch.publish import publish_images
 from multiarch.references import ImageReference
+from multiarch.request import BuildRequest
 from multiarch.results import PlatformImage
 from multiarch.source import PinnedSource
 
@@ -189,17 +195,64 @@ def run_ours(stores: dict[str, Store], *, root: Path, repository: str) -> dict[s
             "compressed_bytes_per_platform": {str(i.platform): i.size for i in images}}
 
 
+def run_registry(stores: dict[str, Store], *, root: Path, repository: str) -> dict[str, Any]:
+    scratch = root / "scratch-registry"
+    shutil.rmtree(scratch, ignore_errors=True)
+    handoff = handoff_named("registry")
+    with fresh_registry(root / "registry-registry") as registry:
+        request = BuildRequest(
+            image=f"{registry.address}/{repository}:bench", context=str(root / "context"),
+            platforms=tuple(f"linux/{arch}" for arch in stores), insecure_registry=True,
+            handoff="registry",
+        )
+        images = []
+        started = time.perf_counter()
+        export_bytes = 0
+        for arch, store in stores.items():
+            paths = PlanPaths(
+                checkout="", storage_root=str(store.root / "root"),
+                storage_runroot=str(store.root / "runroot"),
+                layout=str(scratch / f"linux-{arch}"), digest_file=str(scratch / f"{arch}.digest"),
+            )
+            scratch.mkdir(parents=True, exist_ok=True)
+            for step in handoff.export_steps(request, paths, image=image_name(arch)):
+                run(step.argv)
+            found = read_layout_image(Path(paths.layout), LAYOUT_REF)
+            export_bytes += dir_bytes(Path(paths.layout))
+            images.append(PlatformImage(
+                platform=Platform.parse(f"linux/{arch}"), digest=found.manifest_digest,
+                size=found.total_size, emulated=False, duration_s=0.0, handoff="registry",
+                reference=request.image.with_digest(found.manifest_digest),
+            ))
+            shutil.rmtree(paths.layout)  # the build's scratch goes with the build
+        export_s = time.perf_counter() - started
+        started = time.perf_counter()
+        publish_images(
+            images, image=request.image, tags=("bench",),
+            source=PinnedSource(kind="local", location=str(root)),
+            index_dir=scratch / "index", insecure=True, emit=lambda _line: None,
+        )
+        publish_s = time.perf_counter() - started
+        registry_bytes = dir_bytes(registry.data_dir)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {"export_s": export_s, "publish_s": publish_s, "shared_bytes": 0,
+            "export_bytes": export_bytes, "registry_bytes": registry_bytes}
+
+
+VARIANTS = {"original": run_original, "ours": run_ours, "registry": run_registry}
+
+
 def bench_size(settings: Settings, *, base: str, size_mb: int) -> dict[str, Any]:
     root = settings.work / "b1" / f"{size_mb}mb"
     stores = build_images(settings, base=base, size_mb=size_mb, root=root)
-    runs: dict[str, list[dict[str, Any]]] = {"original": [], "ours": []}
+    runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
+    names = list(VARIANTS)
     try:
         for rep in range(settings.warmup + settings.reps):
-            order = ("original", "ours") if rep % 2 == 0 else ("ours", "original")
-            for variant in order:
+            shift = rep % len(names)  # each variant goes first in turn
+            for variant in names[shift:] + names[:shift]:
                 repo = f"bench/b1-{size_mb}-{variant}-{rep}"
-                runner = run_original if variant == "original" else run_ours
-                result = runner(stores, root=root, repository=repo)
+                result = VARIANTS[variant](stores, root=root, repository=repo)
                 LOG.info(f"b1 {size_mb} MB rep {rep} {variant}: export {result['export_s']:.1f} s"
                          f" publish {result['publish_s']:.1f} s")
                 if rep >= settings.warmup:
@@ -226,14 +279,16 @@ def summarise_size(size_mb: int, runs: dict[str, list[dict[str, Any]]]) -> dict[
         key: out["original"][key]["median"] / out["ours"][key]["median"]
         for key in ("export_s", "publish_s", "shared_bytes", "registry_bytes")
     }
-    total = [
-        o["export_s"] + o["publish_s"] for o in runs["original"]
-    ], [u["export_s"] + u["publish_s"] for u in runs["ours"]]
-    out["original"]["total_s"] = summary(total[0])
-    out["ours"]["total_s"] = summary(total[1])
-    out["ratio_original_over_ours"]["total_s"] = (
-        out["original"]["total_s"]["median"] / out["ours"]["total_s"]["median"]
-    )
+    for variant, results in runs.items():
+        out[variant]["total_s"] = summary([r["export_s"] + r["publish_s"] for r in results])
+    out["registry"]["export_bytes"] = runs["registry"][0]["export_bytes"]
+    for key in ("export_s", "publish_s", "total_s"):
+        out["ratio_original_over_ours"].setdefault(
+            key, out["original"][key]["median"] / out["ours"][key]["median"])
+    out["ratio_original_over_registry"] = {
+        key: out["original"][key]["median"] / out["registry"][key]["median"]
+        for key in ("export_s", "publish_s", "total_s", "registry_bytes")
+    }
     return out
 
 

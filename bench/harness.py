@@ -35,7 +35,7 @@ class Settings:
     quick: bool = False
     reps: int = 5  # measured runs per variant, after the warm-up
     warmup: int = 1
-    sizes_mb: tuple[int, ...] = (50, 200, 300)  # B1 image sizes (per platform, uncompressed)
+    sizes_mb: tuple[int, ...] = (50, 200, 500)  # B1 image sizes (per platform, uncompressed)
     random_fraction: float = 0.4  # incompressible share of the B1 payload
     b2_small_loops: int = 0  # B2 "small build": no CPU work beyond busybox startup
     b2_large_loops: int = 15_000_000  # ~25 s of busybox sh loop on this machine
