@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.busybox import ELF_MACHINES, check_elf_machine, elf_machine
 from multiarch import emulation
 from multiarch.emulation import (
     QEMU_NAMES,
@@ -21,7 +22,6 @@ from multiarch.emulation import (
     host_architecture,
 )
 from multiarch.errors import ConfigurationError
-from multiarch.localenv.busybox import ELF_MACHINES, check_elf_machine, elf_machine
 
 
 @pytest.fixture
