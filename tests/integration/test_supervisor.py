@@ -21,12 +21,14 @@ from devtools.registry import free_port
 
 pytestmark = pytest.mark.integration
 
-# Forks a helper that ignores SIGTERM (so stopping needs the group's SIGKILL), writes the
-# helper's pid to argv[1], then serves HTTP on 127.0.0.1:argv[2].
+# Forks a helper that ignores SIGTERM (so stopping needs the group's SIGKILL), waits until
+# it does, writes the helper's pid to argv[1], then serves HTTP on 127.0.0.1:argv[2].
 SERVER_WITH_HELPER = """
 import http.server, pathlib, subprocess, sys
 helper = subprocess.Popen([sys.executable, "-c",
-    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); "
+    "time.sleep(600)"], stdout=subprocess.PIPE)
+helper.stdout.readline()
 pathlib.Path(sys.argv[1]).write_text(str(helper.pid))
 print("serving with helper", helper.pid, flush=True)
 http.server.ThreadingHTTPServer(
@@ -153,6 +155,22 @@ def test_a_foreign_listener_on_the_port_is_refused_not_taken_for_ready(state_dir
         supervisor.start(http_server(state_dir, port, name="web"), timeout_s=30)
 
     assert not (state_dir / "web.pid").exists()
+
+
+def test_a_script_ready_at_once_is_not_taken_for_dead(state_dir):
+    # Right after a fork+exec the kernel may not have set the new command line yet (like
+    # `prefect worker start`, a script run by its shebang): it must still count as ours.
+    script = state_dir / "ready-at-once"
+    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(600)\n")
+    script.chmod(0o755)
+    service = supervisor.Service(
+        name="script", argv=(str(script),), state_dir=state_dir, label="the script"
+    )
+    for _ in range(20):
+        record = supervisor.start(service, timeout_s=10, ready=lambda: True)
+        assert supervisor.stop(name="script", state_dir=state_dir).detail == (
+            f"stopped pid {record.pid} (SIGTERM)"
+        )
 
 
 def test_a_stale_pid_file_never_gets_another_process_killed(state_dir):
