@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 up: deps venv
-	$(BIN)/multiarch local up --state-dir $(STATE) --port $(PORT)
+	$(BIN)/python -m devtools up --state-dir $(STATE) --port $(PORT)
 
 demo: up
 	$(BIN)/multiarch build \
@@ -67,22 +67,22 @@ lint: venv
 	$(BIN)/ruff check .
 
 format: venv
-	$(BIN)/ruff format multiarch flows tasks tests
+	$(BIN)/ruff format multiarch flows tasks tests devtools
 
 # Prefect server, work pools, concurrency limits (ARM64_LIMIT=, AMD64_LIMIT=), a process
-# worker and prefect.yaml's deployments; state and logs under $(STATE)/ (scripts/serve).
+# worker and prefect.yaml's deployments; state and logs under $(STATE)/ (devtools/serve.py).
 serve: export MULTIARCH_STATE_DIR ?= $(abspath $(STATE))
 serve: export MULTIARCH_REGISTRY_PORT = $(PORT)
 serve: export PREFECT_BIN ?= $(abspath $(BIN))/prefect
 serve: up
-	@scripts/serve
+	@$(BIN)/python -m devtools serve
 
 stop: export MULTIARCH_STATE_DIR ?= $(abspath $(STATE))
 stop:
-	@scripts/stop
+	@$(BIN)/python -m devtools stop
 
 down:
-	-$(BIN)/multiarch local down --state-dir $(STATE)
+	-$(BIN)/python -m devtools down --state-dir $(STATE)
 
 clean: down
 	rm -rf $(STATE) $(VENV)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devtools.playground import base_image, ensure_base_image
+from devtools.registry import LocalRegistry, free_port, start_registry, stop_registry
 from multiarch.emulation import ensure_emulation
-from multiarch.localenv.playground import base_image, ensure_base_image
-from multiarch.localenv.registry import LocalRegistry, free_port, start_registry, stop_registry
 from multiarch.runners.local.runner import remove_scratch
 
 LOG = logging.getLogger("bench")

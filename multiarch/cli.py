@@ -30,8 +30,6 @@ from multiarch.parameters import add_request_options
 from multiarch.parameters import request_from_args as request_fields
 from multiarch.request import BuildRequest, describe_validation_error
 
-DEFAULT_STATE_DIR = ".local"
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multiarch", description=__doc__.splitlines()[0])
@@ -54,19 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--work-dir", help="work directory (default $MULTIARCH_WORK_DIR or "
                     "/var/tmp/multiarch)")
 
-    local = commands.add_parser("local", help="the local registry, emulation and base image")
-    local.add_argument("action", choices=["up", "down", "status"])
-    local.add_argument(
-        "--state-dir",
-        default=DEFAULT_STATE_DIR,
-        help="where the registry keeps data, logs and its pid",
-    )
-    local.add_argument("--port", type=int, default=5000)
-    local.add_argument(
-        "--rebuild-base",
-        action="store_true",
-        help="rebuild the busybox base image even if it exists",
-    )
     return parser
 
 
@@ -125,19 +110,6 @@ def run_publish_layouts(args: argparse.Namespace) -> int:
     if args.result_file:
         Path(args.result_file).write_text(encoded)
     print(encoded, flush=True)
-    return 0
-
-
-def run_local(args: argparse.Namespace) -> int:
-    from multiarch.localenv import playground
-
-    state_dir = Path(args.state_dir).resolve()
-    if args.action == "up":
-        playground.up(state_dir=state_dir, port=args.port, rebuild_base=args.rebuild_base)
-    elif args.action == "down":
-        playground.down(state_dir=state_dir)
-    else:
-        print(playground.status(state_dir=state_dir, port=args.port))
     return 0
 
 
@@ -214,7 +186,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_publish_layouts(args)
         if args.command == "gc":
             return run_gc(args)
-        return run_local(args)
     except ValidationError as exc:
         print(f"multiarch: invalid request: {describe_validation_error(exc)}", file=sys.stderr)
     except MultiarchError as exc:

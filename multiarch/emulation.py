@@ -46,7 +46,7 @@ QEMU_NAMES: dict[str, str] = {
     "riscv64": "riscv64",
 }
 
-_FIX_HINT = "run `make emulation` (or `multiarch local emulation`) as root"
+_FIX_HINT = "run `make up` as root (it installs qemu-user-static and registers it)"
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def _mount_binfmt_misc(binfmt_dir: Path) -> None:
         detail = result.last_error()
         raise ConfigurationError(
             f"could not mount binfmt_misc at {binfmt_dir}: {detail}; in a container this "
-            "needs --privileged (or run `make emulation` on the host instead)"
+            "needs --privileged (or run `make up` on the host instead)"
         )
 
 

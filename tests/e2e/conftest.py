@@ -1,10 +1,10 @@
-"""The deployments as an operator runs them: `scripts/serve`, `prefect deploy`, a worker.
+"""The deployments as an operator runs them: `make serve`, `prefect deploy`, a worker.
 
 One real Prefect server (SQLite) and one process worker for the module, started by the same
-script as `make serve`, on a free port with all state under a temporary directory, and
-stopped by the same script as `make stop`. The registry and the base image come from the
-integration tests' `playground` fixture (declared again here, so it is visible to
-tests/e2e; in a full run it is a second, independent instance).
+command as `make serve` (`python -m devtools serve`), on a free port with all state under a
+temporary directory, and stopped by the same command as `make stop`. The registry and the
+base image come from the integration tests' `playground` fixture (declared again here, so
+it is visible to tests/e2e; in a full run it is a second, independent instance).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from typing import Any
 import httpx
 import pytest
 
-from multiarch.localenv.registry import free_port
+from devtools.registry import free_port
 from tests.integration import conftest as integration
 from tests.integration.conftest import REPO_ROOT, Playground
 
 # Re-declared: the fixtures of tests/integration/conftest.py are not visible in tests/e2e.
 playground = integration.playground
 
-SERVE = REPO_ROOT / "scripts" / "serve"
-STOP = REPO_ROOT / "scripts" / "stop"
+SERVE = [sys.executable, "-m", "devtools", "serve"]
+STOP = [sys.executable, "-m", "devtools", "stop"]
 PREFECT = Path(sys.executable).parent / "prefect"
 SERVE_TIMEOUT_S = 600
 RUN_TIMEOUT_S = 900
@@ -41,7 +41,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 @dataclass(frozen=True)
 class Stack:
-    """A Prefect server and worker started by scripts/serve, and how to reach them."""
+    """A Prefect server and worker started by `make serve`'s command, and how to reach them."""
 
     state_dir: Path
     port: int
@@ -163,7 +163,7 @@ def stack(playground: Playground, tmp_path_factory: pytest.TempPathFactory) -> I
     }
     try:
         done = subprocess.run(
-            [str(SERVE)],
+            SERVE,
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,
@@ -172,13 +172,13 @@ def stack(playground: Playground, tmp_path_factory: pytest.TempPathFactory) -> I
             check=False,
         )
         stack = Stack(state_dir=state_dir, port=port, env=env, serve_output=done.stdout)
-        assert done.returncode == 0, f"scripts/serve failed:\n{done.stdout}\n{done.stderr}"
+        assert done.returncode == 0, f"devtools serve failed:\n{done.stdout}\n{done.stderr}"
         yield stack
     finally:
         stopped = subprocess.run(
-            [str(STOP)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+            STOP, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
         )
         left = processes_with_home(state_dir / "prefect")
-        assert stopped.returncode == 0, f"scripts/stop failed:\n{stopped.stdout}{stopped.stderr}"
-        assert not left, "processes left behind by scripts/stop:\n" + "\n".join(left)
+        assert stopped.returncode == 0, f"devtools stop failed:\n{stopped.stdout}{stopped.stderr}"
+        assert not left, "processes left behind by devtools stop:\n" + "\n".join(left)
         assert not list((state_dir / "serve").glob("*.pid")), "pid files left behind"

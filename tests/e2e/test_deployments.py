@@ -1,4 +1,4 @@
-"""prefect.yaml deployed by scripts/serve and run by its process worker, end to end."""
+"""prefect.yaml deployed by `make serve` and run by its process worker, end to end."""
 
 from __future__ import annotations
 

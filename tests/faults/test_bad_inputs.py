@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from prefect.exceptions import ParameterTypeError
 
+from devtools.registry import free_port
 from multiarch.errors import MultiarchError
-from multiarch.localenv.registry import free_port
 from tests.faults.scenario_report import append
 from tests.integration.conftest import EXAMPLE_HELLO, Playground, registry_files
 

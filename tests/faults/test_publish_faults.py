@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from multiarch.localenv.registry import free_port, start_registry, stop_registry
+from devtools.registry import free_port, start_registry, stop_registry
 from tests.faults.fault_proxy import Answer, Delay, FaultProxy, Hook, Reset
 from tests.faults.hoststate import processes_with
 from tests.integration.conftest import tag_digest

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.playground import base_image, ensure_base_image
+from devtools.registry import LocalRegistry, free_port, start_registry, stop_registry
 from multiarch.emulation import ensure_emulation
-from multiarch.localenv.playground import base_image, ensure_base_image
-from multiarch.localenv.registry import LocalRegistry, free_port, start_registry, stop_registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_HELLO = REPO_ROOT / "examples" / "hello"

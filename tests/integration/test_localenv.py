@@ -14,14 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from multiarch.emulation import emulation_status, ensure_emulation
-from multiarch.localenv.busybox import ELF_MACHINES, elf_machine, prepare_busybox_context
-from multiarch.localenv.registry import (
+from devtools.busybox import ELF_MACHINES, elf_machine, prepare_busybox_context
+from devtools.registry import (
     LocalRegistry,
     free_port,
     start_registry,
     stop_registry,
 )
+from multiarch.emulation import emulation_status, ensure_emulation
 
 pytestmark = pytest.mark.integration
 

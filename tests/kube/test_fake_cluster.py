@@ -19,7 +19,7 @@ import pytest
 import urllib3
 from kubernetes import client, config, watch
 
-from multiarch.localenv.busybox import prepare_busybox_context
+from devtools.busybox import prepare_busybox_context
 from tests.kube.cluster import FakeCluster, NodeSpec, Taint, start_fake_cluster
 
 pytestmark = pytest.mark.integration

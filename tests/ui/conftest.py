@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from multiarch.localenv.registry import free_port
+from devtools.registry import free_port
 from tests.integration.conftest import REPO_ROOT, playground  # noqa: F401
 
 SERVER_STARTUP_TIMEOUT = 120.0

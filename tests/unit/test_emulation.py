@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.busybox import ELF_MACHINES, check_elf_machine, elf_machine
 from multiarch import emulation
 from multiarch.emulation import (
     QEMU_NAMES,
@@ -21,7 +22,6 @@ from multiarch.emulation import (
     host_architecture,
 )
 from multiarch.errors import ConfigurationError
-from multiarch.localenv.busybox import ELF_MACHINES, check_elf_machine, elf_machine
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_status_when_binfmt_misc_is_not_mounted(tmp_path):
     status = emulation_status("arm64", binfmt_dir=tmp_path / "missing")
     assert not status.available
     assert "not mounted" in status.reason
-    assert "make emulation" in status.reason
+    assert "make up" in status.reason
 
 
 @pytest.mark.usefixtures("amd64_host")

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.registry import free_port
 from multiarch.errors import ConfigurationError, TransientError
-from multiarch.localenv.registry import free_port
 from multiarch.registry_api import (
     MANIFEST_ACCEPT,
     RegistryClient,

@@ -12,9 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
+from devtools.busybox import prepare_busybox_context
+from devtools.registry import LocalRegistry, registry_status, start_registry, stop_registry
 from multiarch.emulation import ensure_emulation, host_architecture
-from multiarch.localenv.busybox import prepare_busybox_context
-from multiarch.localenv.registry import LocalRegistry, start_registry, stop_registry
 from multiarch.orchestrate import build_and_publish
 from multiarch.registry import RegistryTarget, fetch_manifest
 from multiarch.request import BuildRequest, RunnerOptions
@@ -84,5 +84,5 @@ def down(*, state_dir: Path) -> None:
 
 def status(*, state_dir: Path, port: int) -> str:
     registry = LocalRegistry(host="127.0.0.1", port=port, state_dir=state_dir / "registry")
-    pid = registry.pid_file.read_text().strip() if registry.pid_file.exists() else "none"
+    pid = registry_status(registry).pid or "none"
     return f"registry {registry.url} pid {pid}; base image {base_image(registry.address)}"

@@ -228,7 +228,7 @@ def _install_binary(deb: Path, *, arch: str, target: Path) -> None:
         if binary is None:
             raise ConfigurationError(
                 f"{deb} contains no bin/busybox; the {PACKAGE} package layout changed and "
-                "multiarch/localenv/busybox.py needs updating"
+                "devtools/busybox.py needs updating"
             )
         check_elf_machine(binary, arch=arch)
         _write_if_changed(target, binary.read_bytes(), mode=0o755)

@@ -1,0 +1,78 @@
+"""`python -m devtools up|down|status|serve|stop`: the one-machine development services.
+
+up/down/status: the local registry, QEMU emulation and the busybox base image (`make up`,
+`make down`); serve/stop: a Prefect server, work pools, a worker and the deployments on top
+(`make serve`, `make stop`). Not part of the shipped package: it runs from a checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from devtools import playground, serve, supervisor
+from devtools.serve_config import ServeError, load_settings
+from multiarch.errors import MultiarchError
+
+DEFAULT_STATE_DIR = Path(".local")
+DEFAULT_REGISTRY_PORT = 5000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m devtools", description=__doc__)
+    parser.add_argument("action", choices=["up", "down", "status", "serve", "stop"])
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the registry, the Prefect server and the worker keep data, logs and pids "
+        "(default .local; serve/stop: $MULTIARCH_STATE_DIR or <repo>/.local)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help="the registry's port (default 5000; serve: $MULTIARCH_REGISTRY_PORT)",
+    )
+    parser.add_argument(
+        "--rebuild-base",
+        action="store_true",
+        help="rebuild the busybox base image even if it exists",
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action in ("serve", "stop"):
+        settings = load_settings(state_dir=args.state_dir, registry_port=args.port)
+        return serve.serve(settings) if args.action == "serve" else serve.stop(settings)
+    state_dir = (args.state_dir or DEFAULT_STATE_DIR).resolve()
+    port = args.port or DEFAULT_REGISTRY_PORT
+    if args.action == "up":
+        playground.up(state_dir=state_dir, port=port, rebuild_base=args.rebuild_base)
+    elif args.action == "down":
+        playground.down(state_dir=state_dir)
+    else:
+        print(playground.status(state_dir=state_dir, port=port))
+        settings = load_settings(state_dir=state_dir)
+        for service in (serve.server_service(settings), serve.worker_service(settings)):
+            print(
+                supervisor.status(name=service.name, state_dir=service.state_dir, port=service.port)
+            )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (MultiarchError, ServeError, supervisor.SupervisorError) as error:
+        print(f"devtools {args.action}: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"devtools {args.action}: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
