@@ -223,7 +223,8 @@ def job_manifest(
 
 
 def build_job(steps: Sequence[Step], *, platform: Platform, options: KubernetesOptions,
-              flow_run_id: str, image_name: str, timeout_s: int) -> dict[str, Any]:
+              flow_run_id: str, image_name: str, timeout_s: int,
+              push_step: str | None = None) -> dict[str, Any]:
     placement = options.placement(platform)
     return job_manifest(
         steps, options=options,
@@ -231,7 +232,7 @@ def build_job(steps: Sequence[Step], *, platform: Platform, options: KubernetesO
                           platform=platform),
         name_prefix=generate_name(image_name, platform.slug), timeout_s=timeout_s,
         selector=node_selector(platform, options), tolerations=placement.tolerations,
-        resources=placement.resources,
+        resources=placement.resources, push_step=push_step,
     )
 
 
@@ -253,4 +254,6 @@ def platform_job(request: BuildRequest, source: PinnedSource, platform: Platform
     plan = plan_build(request, source, platform, paths, run_id=run_id)
     return build_job((prepare_layout_step(plan.layout), *plan.steps), platform=platform,
                      options=request.runner.kubernetes, flow_run_id=flow_run_id,
-                     image_name=request.image.name, timeout_s=request.runner.timeout_s)
+                     image_name=request.image.name, timeout_s=request.runner.timeout_s,
+                     # the registry cache: the build step pulls and pushes cache layers
+                     push_step="build" if request.cache == "registry" else None)
