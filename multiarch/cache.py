@@ -16,14 +16,16 @@ Layers are pushed as each step finishes, before the next one starts: a later ste
 fails (in the Containerfile, the export or the publish) keeps the cache of every step that
 succeeded, so the retry resumes from there. A failed cache push fails the build (buildah
 1.28's choice), which the process layer classifies like any other push.
+
+Limit of buildah 1.28: an ARG inside a stage is never looked up in the cache repository,
+and after one miss nothing is, so every step below such an ARG runs again
+(containers/buildah#4315, fixed in 1.29); preflight says so (`multiarch.cache_checks`).
 """
 
 from __future__ import annotations
 
-from multiarch.errors import ConfigurationError, TransientError
 from multiarch.platforms import Platform
 from multiarch.references import ImageReference
-from multiarch.registry_api import check_push_access
 from multiarch.request import BuildRequest
 
 CACHE_PREFIX = "cache-"
@@ -58,29 +60,3 @@ def cache_repositories(request: BuildRequest) -> list[ImageReference]:
     seen = {cache_repository(request.image, p).name: cache_repository(request.image, p)
             for p in request.platforms}
     return list(seen.values())
-
-
-def check_cache_access(request: BuildRequest) -> list[str]:
-    """Each cache repository accepts a push from here, before any build runs.
-
-    The same rule as the image's own check: binding for the local runner; for Kubernetes
-    (pods push with their Secret, maybe to a registry only the cluster reaches) a note.
-    """
-    notes = []
-    for repository in cache_repositories(request):
-        try:
-            check_push_access(repository, request.insecure_registry)
-        except ConfigurationError as exc:
-            if request.runner.kind != "local":
-                notes.append(f"cache: {repository.name} not checked from this machine: {exc}")
-                continue
-            raise ConfigurationError(
-                f"cache: {exc} for the cache repository {repository.name} (cache: registry "
-                "needs push access next to the image; or set cache: none)"
-            ) from exc
-        except TransientError as exc:
-            notes.append(f"cache: push check of {repository.name} passed over a transient "
-                         f"failure: {exc}")
-            continue
-        notes.append(f"cache: {repository.registry} accepts a push to {repository.repository}")
-    return notes

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from multiarch.cache import check_cache_access
+from multiarch.cache_checks import check_cache_access
 from multiarch.errors import ConfigurationError, StepFailure
 from multiarch.localenv.registry import free_port
 from multiarch.pipeline import build_and_publish

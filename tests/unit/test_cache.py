@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 
 from multiarch.cache import cache_flags, cache_repositories, cache_repository
+from multiarch.cache_checks import args_that_stop_the_cache, check_cache_use
 from multiarch.jobs import REGISTRY_AUTH_FILE, platform_job
 from multiarch.kube_options import KubernetesOptions
 from multiarch.plan import PlanPaths, build_step
@@ -112,3 +113,22 @@ def test_without_the_cache_no_build_pod_sees_registry_credentials() -> None:
     job = kube_job("none", registry_secret="registry-auth")
     assert "registry-auth" not in str(job)
     assert "REGISTRY_AUTH_FILE" not in str(job)
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ("ARG BASE\nFROM $BASE\nRUN make\nCOPY . /src\n", []),  # a global ARG is no step
+    ("FROM a\nARG V=1\nRUN echo $V\n", ["V"]),
+    ("FROM a\nRUN make\nARG LATE\n", []),  # nothing below it to lose
+    ("FROM a AS b\nARG X\nFROM b\nRUN \\\n  make\n", []),  # a new stage starts afresh
+    ("FROM a\nARG X\nARG Y=2\nCOPY . /\nARG X\nADD f /\n", ["X", "Y"]),
+])
+def test_stage_args_that_end_the_registry_cache(text: str, names: list[str]) -> None:
+    assert args_that_stop_the_cache(text) == names
+
+
+def test_preflight_names_the_arg_that_defeats_the_cache(tmp_path: Path) -> None:
+    request = local_request(tmp_path, cache="registry")
+    (tmp_path / "Containerfile").write_text("FROM scratch\nARG TARGETARCH\nCOPY x /x\n")
+    (note,) = check_cache_use(request, None)
+    assert note.startswith("cache: ARG TARGETARCH inside a stage") and "#4315" in note
+    assert check_cache_use(local_request(tmp_path), None) == []  # cache: none
