@@ -40,7 +40,7 @@ class Settings:
     b2_small_loops: int = 0  # B2 "small build": no CPU work beyond busybox startup
     b2_large_loops: int = 15_000_000  # ~25 s of busybox sh loop on this machine
     b3_loops: int = 600_000  # ~1 s native, ~12 s under QEMU on this machine
-    b4_work: int = 3_500_000  # B4 heavy RUN: `seq | gzip -9` lines, ~10 s native, ~70 s QEMU
+    b4_work: int = 8_000_000  # B4 heavy RUN, `seq | gzip -9` lines: 5-10 s native, 40-90 s QEMU
     benches: tuple[str, ...] = ("b1", "b2", "b3", "b4")
     b2_cases: tuple[str, ...] = ("small", "large")
 

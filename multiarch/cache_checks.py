@@ -55,8 +55,8 @@ def check_cache_use(request: BuildRequest, source: PinnedSource | None) -> list[
         return []
     return [f"cache: ARG {', '.join(names)} inside a stage: buildah 1.28 reuses no cached "
             "layer after it (containers/buildah#4315, fixed in 1.29), so the steps below it "
-            "run on every build: declare it just before the step that needs it, or pass the "
-            "value in a file"]
+            "run on every build: declare it as late as possible (just before the step that "
+            "needs it), or pass the value in a file"]
 
 
 def check_cache_access(request: BuildRequest) -> list[str]:
