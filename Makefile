@@ -16,7 +16,7 @@ help:
 	@echo "make down   - stop the local registry"
 	@echo "make serve  - make up, then a Prefect server + UI on 127.0.0.1:4200, work pools, a worker, the deployments"
 	@echo "make stop   - stop the Prefect server and worker of make serve (the registry keeps running)"
-	@echo "make bench  - benchmarks B1-B3 -> bench/results/latest.{json,md,png} (BENCH_QUICK=1: tiny run)"
+	@echo "make bench  - benchmarks B1-B4 -> bench/results/latest.{json,md,png} (BENCH_QUICK=1: tiny run)"
 	@echo "make reliability - run the fault suite (tests/faults) and regenerate docs/reliability.md"
 	@echo "make gc     - remove what killed runs left under $(STATE)/work (multiarch gc)"
 	@echo "make clean  - stop and delete $(STATE)/ and $(VENV)/"

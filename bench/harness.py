@@ -40,17 +40,18 @@ class Settings:
     b2_small_loops: int = 0  # B2 "small build": no CPU work beyond busybox startup
     b2_large_loops: int = 15_000_000  # ~25 s of busybox sh loop on this machine
     b3_loops: int = 600_000  # ~1 s native, ~12 s under QEMU on this machine
-    benches: tuple[str, ...] = ("b1", "b2", "b3")
+    b4_work: int = 8_000_000  # B4 heavy RUN, `seq | gzip -9` lines: 5-10 s native, 40-90 s QEMU
+    benches: tuple[str, ...] = ("b1", "b2", "b3", "b4")
     b2_cases: tuple[str, ...] = ("small", "large")
 
 
 def settings_from_env(work: Path, benches: Sequence[str] | None = None) -> Settings:
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
-    chosen = tuple(benches) if benches else ("b1", "b2", "b3")
+    chosen = tuple(benches) if benches else ("b1", "b2", "b3", "b4")
     if quick:
         base = Settings(
             work=work, quick=True, reps=1, warmup=0, sizes_mb=(4,), b2_large_loops=200_000,
-            b3_loops=50_000, benches=chosen,
+            b3_loops=50_000, b4_work=200_000, benches=chosen,
         )
     else:
         base = Settings(work=work, benches=chosen)
@@ -60,7 +61,8 @@ def settings_from_env(work: Path, benches: Sequence[str] | None = None) -> Setti
         work=work, quick=base.quick, reps=reps, warmup=base.warmup,
         sizes_mb=tuple(int(s) for s in sizes.split(",")) if sizes else base.sizes_mb,
         random_fraction=base.random_fraction, b2_small_loops=base.b2_small_loops,
-        b2_large_loops=base.b2_large_loops, b3_loops=base.b3_loops, benches=chosen,
+        b2_large_loops=base.b2_large_loops, b3_loops=base.b3_loops, b4_work=base.b4_work,
+        benches=chosen,
     )
 
 

@@ -90,7 +90,23 @@ def markdown(results: dict[str, Any]) -> str:
                 "|---|---|---|---|",
                 f"| {b3['loops']} | {fmt_s(b3['native_amd64_s'])} | "
                 f"{fmt_s(b3['emulated_arm64_s'])} | **{b3['ratio_emulated_over_native']:.1f}x** |"]
+    if "b4" in results:
+        out += b4_markdown(results["b4"])
     return "\n".join(out) + "\n"
+
+
+def b4_markdown(b4: dict[str, Any]) -> list[str]:
+    out = ["", f"## B4 registry cache: cold build vs warm rebuild (RUN: {b4['work']} lines of "
+           "`seq | gzip -9`; COPY changed)", "",
+           "| platform | cold (empty cache) | warm (cache, COPY changed) | cold/warm | "
+           "RUN layer reused |", "|---|---|---|---|---|"]
+    for arch in b4["arches"]:
+        out.append(
+            f"| {arch['platform']} | {fmt_s(arch['cold_s'])} | {fmt_s(arch['warm_s'])} | "
+            f"**{arch['ratio_cold_over_warm']:.1f}x** | "
+            f"{arch['run_layer_reused']}/{arch['runs']} |"
+        )
+    return out
 
 
 def chart_groups(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, float, float]]]]:
@@ -108,6 +124,10 @@ def chart_groups(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, flo
         b3 = results["b3"]
         groups.append(("B3 build time, s (emulated arm64 vs native amd64)", [
             ("RUN loop", b3["emulated_arm64_s"]["median"], b3["native_amd64_s"]["median"])]))
+    if "b4" in results:
+        groups.append(("B4 build time, s (cold vs warm)", [
+            (a["platform"].split("/")[-1], a["cold_s"]["median"], a["warm_s"]["median"])
+            for a in results["b4"]["arches"]]))
     return groups
 
 

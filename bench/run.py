@@ -1,4 +1,4 @@
-"""`python -m bench.run`: run B1, B2, B3 and write bench/results/latest.{json,md,png}.
+"""`python -m bench.run`: run B1, B2, B3, B4 and write bench/results/latest.{json,md,png}.
 
 BENCH_QUICK=1 runs a tiny version (a few MB, one repetition, no warm-up) in about a minute.
 """
@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import b1_publish, b2_overhead, b3_emulation, report
+from bench import b1_publish, b2_overhead, b3_emulation, b4_cache, report
 from bench.harness import LOG, Settings, machine_info, playground, settings_from_env
 
 RESULTS = Path(__file__).with_name("results")
@@ -46,13 +46,16 @@ def run_benches(
             "quick": settings.quick, "reps": settings.reps, "warmup": settings.warmup,
             "sizes_mb": list(settings.sizes_mb), "random_fraction": settings.random_fraction,
             "b2_loops": [settings.b2_small_loops, settings.b2_large_loops],
-            "b3_loops": settings.b3_loops, "benches": list(settings.benches),
+            "b3_loops": settings.b3_loops, "b4_work": settings.b4_work,
+            "benches": list(settings.benches),
         },
     }
     if "b1" in settings.benches:
         results["b1"] = b1_publish.bench(settings, base=base)
     if "b3" in settings.benches:
         results["b3"] = b3_emulation.bench(settings, base=base)
+    if "b4" in settings.benches:
+        results["b4"] = b4_cache.bench(settings, base=base, registry=registry)
     if "b2" in settings.benches:
         server = prefect_server() if with_prefect else contextlib.nullcontext()
         with server:
@@ -64,7 +67,7 @@ def run_benches(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
-    parser.add_argument("--only", default="b1,b2,b3", help="comma-separated: b1,b2,b3")
+    parser.add_argument("--only", default="b1,b2,b3,b4", help="comma-separated: b1,b2,b3,b4")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from multiarch.cache import cache_flags
 from multiarch.credentials import clean_url, helper_config
 from multiarch.handoff import handoff_named
 from multiarch.handoff.layouts import LAYOUT_REF
@@ -146,6 +147,7 @@ def build_step(
         argv += ["--label", f"{key}={value}"]
     if request.target:
         argv += ["--target", request.target]
+    argv += cache_flags(request, platform)
     env = {"BUILDAH_ISOLATION": isolation[1]}
     if request.runner.kind == "local":
         # runc's state and buildah's RUN bundles live in the build's scratch space, not in

@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+from multiarch.cache_checks import check_cache_access, check_cache_use
 from multiarch.containerfile import stages
 from multiarch.errors import ConfigurationError, TransientError
 from multiarch.rebuild import read_containerfile
@@ -36,6 +37,7 @@ def preflight_request(request: BuildRequest, source: PinnedSource | None = None)
     notes = [*check_directories(request)]
     notes += check_target(request, source)
     notes += check_registry(request)
+    notes += check_cache_access(request) + check_cache_use(request, source)
     return notes
 
 

@@ -22,7 +22,7 @@ def test_bench_harness_writes_results(
 ) -> None:
     settings = Settings(
         work=tmp_path / "work", quick=True, reps=1, warmup=0, sizes_mb=(2,),
-        b2_cases=("small",), b3_loops=1000,
+        b2_cases=("small",), b3_loops=1000, b4_work=1000,
     )
     settings.work.mkdir()
     results = run_benches(
@@ -32,7 +32,7 @@ def test_bench_harness_writes_results(
     paths = report.write_all(tmp_path / "results", results)
 
     data = json.loads(paths["json"].read_text())
-    assert {"machine", "settings", "b1", "b2", "b3"} <= data.keys()
+    assert {"machine", "settings", "b1", "b2", "b3", "b4"} <= data.keys()
     assert data["machine"]["cores"] > 0
     assert "buildah" in data["machine"]["buildah"]
     size = data["b1"]["sizes"][0]
@@ -50,10 +50,14 @@ def test_bench_harness_writes_results(
     assert data["b2"]["noop_flow_s"]["median"] > 0
     assert data["b3"]["native_amd64_s"]["median"] > 0
     assert data["b3"]["ratio_emulated_over_native"] > 0
+    assert [a["platform"] for a in data["b4"]["arches"]] == ["linux/amd64", "linux/arm64"]
+    for arch in data["b4"]["arches"]:
+        assert arch["cold_s"]["median"] > 0 and arch["warm_s"]["median"] > 0
+        assert arch["run_layer_reused"] == arch["runs"] == 1, "the warm build used the cache"
 
     markdown = paths["md"].read_text()
-    for heading in ("## B1", "## B2", "## B3", "original/ours", "original/registry",
-                    "flow/bare", "emulated/native"):
+    for heading in ("## B1", "## B2", "## B3", "## B4", "original/ours", "original/registry",
+                    "flow/bare", "emulated/native", "cold/warm"):
         assert heading in markdown
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "work").glob("b*/store-*")), "scratch stores were left behind"

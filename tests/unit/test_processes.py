@@ -21,8 +21,7 @@ import pytest
 
 from multiarch import process as processes
 from multiarch.errors import ConfigurationError, StepFailed, TransientStepFailure
-from multiarch.plan import Step
-from multiarch.process import classify_failure, run_step
+from multiarch.process import Step, classify_failure, run_step
 from tests.faults.hoststate import processes_with
 
 LABEL = "linux/arm64"
@@ -323,7 +322,7 @@ def test_sigkill_of_our_process_kills_the_step_and_its_daemons(tmp_path: Path) -
     """A SIGKILLed runner runs no cleanup code: the kernel must end the step by itself."""
     marker = token()
     script = (
-        "from multiarch.plan import Step\n"
+        "from multiarch.process import Step\n"
         "from multiarch.process import run_step\n"
         "import sys, time\n"
         f"step = Step(name='build', argv=('sh', '-c', 'setsid sleep {marker} & "

@@ -12,8 +12,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from multiarch.plan import PlanPaths, Step, plan_build, prepare_layout_step
+from multiarch.plan import PlanPaths, plan_build, prepare_layout_step
 from multiarch.platforms import Platform
+from multiarch.process import Step
 from multiarch.request import BuildRequest
 from multiarch.runners.kubernetes.options import KubernetesOptions
 from multiarch.source import PinnedSource
@@ -181,9 +182,9 @@ def job_manifest(
     steps: Sequence[Step], *, options: KubernetesOptions, labels: Mapping[str, str],
     name_prefix: str, timeout_s: int, selector: Mapping[str, str] | None,
     tolerations: Sequence[Mapping[str, Any]] = (), resources: Mapping[str, Any] | None = None,
-    push_step: str | None = None, shared: bool = True,
+    push_steps: Sequence[str] = (), shared: bool = True,
 ) -> dict[str, Any]:
-    """One Job running `steps` in order; only the step named `push_step` sees registry
+    """One Job running `steps` in order; only the steps named in `push_steps` see registry
     credentials, only the fetch step git credentials (as a mounted file, never a value).
     `shared`: mount the shared handoff volume (not needed by the registry handoff)."""
     if not steps:
@@ -194,7 +195,7 @@ def job_manifest(
     for step in steps:
         step_mounts = list(mounts)
         extra_env = None
-        if step.name == push_step and options.registry_secret:
+        if step.name in push_steps and options.registry_secret:
             step_mounts.append({"name": "registry-auth", "mountPath": REGISTRY_AUTH_MOUNT,
                                 "readOnly": True})
             extra_env = {"REGISTRY_AUTH_FILE": REGISTRY_AUTH_FILE}
@@ -207,7 +208,7 @@ def job_manifest(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # build steps never talk to the API
         "containers": containers[-1:],
-        "volumes": pod_volumes(options, with_registry_auth=push_step is not None,
+        "volumes": pod_volumes(options, with_registry_auth=bool(push_steps),
                                with_git_credentials=fetches, shared=shared),
     }
     if len(containers) > 1:
@@ -232,9 +233,10 @@ def job_manifest(
 
 def build_job(steps: Sequence[Step], *, platform: Platform, options: KubernetesOptions,
               flow_run_id: str, image_name: str, timeout_s: int,
-              handoff: str = "shared") -> dict[str, Any]:
-    """A platform's Job. Registry handoff: no shared volume; the push step (only it) gets
-    the registry Secret."""
+              handoff: str = "shared", cache: str = "none") -> dict[str, Any]:
+    """A platform's Job. Registry handoff: no shared volume, and the push step gets the
+    registry Secret; registry cache: the build step too (it pulls and pushes cache layers).
+    No other step sees registry credentials."""
     placement = options.placement(platform)
     shared = handoff == "shared"
     return job_manifest(
@@ -243,7 +245,8 @@ def build_job(steps: Sequence[Step], *, platform: Platform, options: KubernetesO
                           platform=platform),
         name_prefix=generate_name(image_name, platform.slug), timeout_s=timeout_s,
         selector=node_selector(platform, options), tolerations=placement.tolerations,
-        resources=placement.resources, push_step=None if shared else "push", shared=shared,
+        resources=placement.resources, shared=shared,
+        push_steps=(*(() if shared else ("push",)), *(("build",) if cache == "registry" else ())),
     )
 
 
@@ -255,7 +258,7 @@ def publish_job(step: Step, *, options: KubernetesOptions, flow_run_id: str, ima
         labels=job_labels(component="publish", flow_run_id=flow_run_id, image_name=image_name,
                           platform=None),
         name_prefix=generate_name(image_name, "publish"), timeout_s=timeout_s,
-        selector=selector, push_step=step.name, shared=shared,
+        selector=selector, push_steps=(step.name,), shared=shared,
     )
 
 
@@ -267,4 +270,4 @@ def platform_job(request: BuildRequest, source: PinnedSource, platform: Platform
     return build_job((prepare_layout_step(plan.layout), *plan.steps), platform=platform,
                      options=request.runner.kubernetes, flow_run_id=flow_run_id,
                      image_name=request.image.name, timeout_s=request.runner.timeout_s,
-                     handoff=request.handoff)
+                     handoff=request.handoff, cache=request.cache)
