@@ -3,7 +3,7 @@
 The context has a heavy early RUN (gzip -9 of generated text: real CPU work, several
 seconds natively, many more under QEMU) and a late COPY of a file changed before every
 build. Each build is the project's own local build of one platform
-(`multiarch.runners.local.build_platform` with `cache: registry`: buildah build, then the
+(`multiarch.runners.local.runner.build_platform` with `cache: registry`: buildah build, then the
 export into an OCI layout) on a fresh, empty container storage, as a node with an emptyDir
 starts. Per repetition and architecture:
 
@@ -27,8 +27,10 @@ from typing import Any
 from bench.harness import LOG, Settings, summary
 from multiarch.oci import blob_path
 from multiarch.request import BuildRequest, RunnerOptions
-from multiarch.runners.local import build_platform, remove_run_dirs, run_dirs
+from multiarch.runclaim import remove_tree
+from multiarch.runners.local.runner import build_platform
 from multiarch.source import pin_source
+from multiarch.workspace import run_dirs
 
 ARCHES = ("amd64", "arm64")
 # The amount of work arrives in a file, not a stage ARG: buildah 1.28 does not look up the
@@ -69,7 +71,8 @@ def timed_build(request: BuildRequest, *, changed: str) -> tuple[float, list[str
         config = json.loads(blob_path(layout, manifest["config"]["digest"]).read_text())
         return seconds, config["rootfs"]["diff_ids"]
     finally:
-        remove_run_dirs(dirs, keep_shared=False)
+        remove_tree(dirs.run_scratch)
+        remove_tree(dirs.run_shared)
 
 
 def bench_arch(settings: Settings, *, arch: str, rep: int, context: Path, base: str,

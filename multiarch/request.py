@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from multiarch.handoff import HANDOFFS
 from multiarch.parameters import Cli
 from multiarch.platforms import Platform
 from multiarch.references import DEFAULT_TAG, ImageReference, check_tag
@@ -134,7 +135,7 @@ class BuildRequest(BaseModel):
         description="always: build every run; if-changed: skip when the tag already holds "
         "this source revision, Containerfile/build args and base image digests.",
     )
-    handoff: Literal["shared", "registry"] = Field(
+    handoff: Literal[tuple(HANDOFFS)] = Field(  # type: ignore[valid-type]
         "shared",
         description="How platform images reach publish: shared (OCI layouts on a shared "
         "directory or volume) or registry (each build pushes its image by digest; publish "

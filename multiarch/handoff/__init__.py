@@ -11,11 +11,13 @@ publish reads the platforms back and pushes the index, and what is left to clean
   is needed; publish only reads the manifests back and PUTs the index.
 
 Both then write the tags the same way (multiarch.publish). A new handoff is one module
-here plus one entry in HANDOFFS.
+here plus one line in HANDOFFS (the request's `handoff` choices, the CLI's and the
+flow's, follow from it).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -62,15 +64,18 @@ class Handoff(Protocol):
         ...
 
 
-def handoff_named(name: str) -> Handoff:
-    from multiarch.handoff import registry, shared
+# name -> "module:class" of its implementation, imported on first use
+HANDOFFS: dict[str, str] = {
+    "shared": "multiarch.handoff.shared:SharedLayouts",
+    "registry": "multiarch.handoff.registry:RegistryHandoff",
+}
 
-    handoffs: dict[str, Handoff] = {
-        shared.SharedLayouts.name: shared.SharedLayouts(),
-        registry.RegistryHandoff.name: registry.RegistryHandoff(),
-    }
+
+def handoff_named(name: str) -> Handoff:
     try:
-        return handoffs[name]
+        module, _, cls = HANDOFFS[name].partition(":")
     except KeyError:
         raise ConfigurationError(
-            f"handoff: {name!r} is unknown: use one of {', '.join(handoffs)}") from None
+            f"handoff: {name!r} is unknown: use one of {', '.join(HANDOFFS)}") from None
+    handoff: Handoff = getattr(importlib.import_module(module), cls)()
+    return handoff

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from multiarch.localenv.registry import free_port
 
+from devtools.registry import free_port
 from multiarch.cache_checks import check_cache_access
 from multiarch.errors import ConfigurationError, StepFailure
 from multiarch.orchestrate import build_and_publish
 from multiarch.platforms import Platform
 from multiarch.preflight import preflight_request
 from multiarch.request import BuildRequest, RunnerOptions
-from multiarch.runners.local import build_platform, run_dirs
+from multiarch.runners.local.runner import build_platform
 from multiarch.source import pin_source
+from multiarch.workspace import run_dirs
 from tests.integration.conftest import skopeo_raw
 
 pytestmark = pytest.mark.integration
