@@ -307,14 +307,20 @@ def _terminate_group(pgid: int, *, grace_s: float) -> str:
         while time.monotonic() < deadline:
             _reap(pgid)
             if not procfs.group_members(pgid):
-                return sig.name
+                _reap(pgid, wait_s=grace_s)  # the group is empty, but our child may still
+                return sig.name  # be a zombie until it is waited for
             time.sleep(POLL_S)
     left = procfs.group_members(pgid)
     return f"SIGKILL, still running: {left}" if left else "SIGKILL"
 
 
-def _reap(pid: int) -> None:
-    """Collect the exit status of a child of ours that ended, so it is no zombie."""
+def _reap(pid: int, *, wait_s: float = 0.0) -> None:
+    """Collect the exit status of a child of ours that ended (waiting up to `wait_s`), so
+    it is no zombie."""
     child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
+    if child is None:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=wait_s) if wait_s else child.poll()
+    if child.returncode is not None:
         del _CHILDREN[pid]

@@ -36,7 +36,7 @@ from multiarch.reporting import (
 )
 from multiarch.request import BuildRequest, describe_validation_error
 from multiarch.results import BuildResult, PlatformImage
-from multiarch.runclaim import RunRecord
+from multiarch.runclaim import TEMP_SERVER_PID_ENV, RunRecord
 from multiarch.runners import RunContext, stop_all
 from multiarch.source import PinnedSource, without_context_credentials
 from multiarch.workspace import RunDirs
@@ -45,9 +45,6 @@ from tasks.publish import publish_task
 from tasks.rebuild import check_changes_task
 from tasks.source import pin_source_task
 
-# The CLI sets this to the pid of the temporary Prefect server it started, so that a sweep
-# can stop that server should the CLI be killed.
-TEMP_SERVER_PID_ENV = "MULTIARCH_TEMP_SERVER_PID"
 SUMMARY = "Build `image` for every platform in parallel and publish one multi-arch index."
 
 

@@ -1,8 +1,11 @@
-"""`multiarch`: one-off builds through the same Prefect flow, and the local playground.
+"""`multiarch`: one-off builds through the same Prefect flow, and the commands pods run.
 
 `multiarch build` validates its arguments before anything starts (a bad platform costs no
 Prefect start-up), then runs the `build-multiarch-image` flow. Exit status 0 on success;
 otherwise one line on stderr saying what failed.
+
+The flow is handed in by the entry point (flows/cli.py): the core never imports the flow
+that composes it.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -29,6 +33,8 @@ from multiarch.errors import MultiarchError
 from multiarch.parameters import add_request_options
 from multiarch.parameters import request_from_args as request_fields
 from multiarch.request import BuildRequest, describe_validation_error
+from multiarch.results import BuildResult
+from multiarch.runclaim import TEMP_SERVER_PID_ENV
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,15 +84,16 @@ def reexec_without_credentials(args: argparse.Namespace) -> None:
     os.execv(sys.executable, [sys.executable, *argv[1:]])  # noqa: S606 - ourselves, argv list
 
 
-def run_build(args: argparse.Namespace) -> int:
+RunFlow = Callable[[dict[str, Any]], BuildResult]
+
+
+def run_build(args: argparse.Namespace, run_flow: RunFlow) -> int:
     """Run the flow in this process (`run_build_with_server` has set Prefect's settings)."""
     request = request_from_args(args)
     if has_credentials(request.context):
         print(CREDENTIALS_NOTICE, file=sys.stderr, flush=True)
         request = request.model_copy(update={"context": move_to_environment(request.context)})
-    from flows.build import build_multiarch_image  # Prefect loads only when a build runs
-
-    result = build_multiarch_image(**request.model_dump(mode="json"))
+    result = run_flow(request.model_dump(mode="json"))
     if args.json:
         print(json.dumps(result.model_dump(mode="json")))
     else:
@@ -126,7 +133,7 @@ def run_gc(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_build_with_server(args: argparse.Namespace) -> int:
+def run_build_with_server(args: argparse.Namespace, run_flow: RunFlow) -> int:
     """Run the build; without PREFECT_API_URL, start the temporary server first ourselves.
 
     Prefect would start it lazily anyway (the same instance is reused); starting it here
@@ -148,13 +155,11 @@ def run_build_with_server(args: argparse.Namespace) -> int:
     if not PREFECT_API_URL.value():
         from prefect.server.api.server import SubprocessASGIServer
 
-        from flows.build import TEMP_SERVER_PID_ENV
-
         server = SubprocessASGIServer()
         server.start()
         if server.server_process is not None:
             os.environ[TEMP_SERVER_PID_ENV] = str(server.server_process.pid)
-    return run_build(args)
+    return run_build(args, run_flow)
 
 
 class Terminated(Exception):
@@ -173,15 +178,20 @@ def exit_status_of_cancel(message: str) -> int:
     return 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, run_flow: RunFlow | None = None) -> int:
+    """`run_flow` runs the build flow with a request's parameters (flows/cli.py gives it)."""
     args = build_parser().parse_args(argv)
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "build":
+            if run_flow is None:
+                print("multiarch: build runs through the flow: use the `multiarch` command "
+                      "(flows/cli.py)", file=sys.stderr)
+                return 2
             if argv is None:
                 reexec_without_credentials(args)
-            return run_build_with_server(args)
+            return run_build_with_server(args, run_flow)
         if args.command == "publish-layouts":
             return run_publish_layouts(args)
         if args.command == "gc":

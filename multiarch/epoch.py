@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import tempfile
 from pathlib import Path
 
 from multiarch import credentials
-from multiarch.errors import ConfigurationError
+from multiarch.errors import ConfigurationError, MultiarchError
+from multiarch.process import capture
 from multiarch.source import run_git
 
 LOCAL_GIT_TIMEOUT_S = 30
@@ -64,13 +64,12 @@ def git_commit_time(url: str, revision: str, *, block: str | None = None) -> int
 def local_commit_time(directory: Path) -> int | None:
     """HEAD's committer time of the work tree holding `directory`; None if git cannot say."""
     try:
-        done = subprocess.run(
-            ["git", "-C", str(directory), "log", "-1", "--format=%ct", "HEAD", "--"],
-            capture_output=True, text=True, timeout=LOCAL_GIT_TIMEOUT_S, check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        done = capture(["git", "-C", str(directory), "log", "-1", "--format=%ct", "HEAD", "--"],
+                       what=f"reading the commit time of {directory}",
+                       timeout_s=LOCAL_GIT_TIMEOUT_S)
+    except MultiarchError:  # no git, or it hangs: the caller falls back to file times
         return None
-    if done.returncode != 0:
+    if not done.ok:
         return None
     try:
         return parse_epoch(done.stdout, what=f"HEAD of {directory}")

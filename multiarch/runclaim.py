@@ -29,6 +29,9 @@ from multiarch.netsweep import sweep_dead_networks
 from multiarch.process import capture
 
 RUNS_DIR = "runs"
+# The CLI sets this to the pid of the temporary Prefect server it started, so that a sweep
+# can stop that server should the CLI be killed.
+TEMP_SERVER_PID_ENV = "MULTIARCH_TEMP_SERVER_PID"
 BUILDS_DIR = "builds"
 API_TIMEOUT_S = 5.0
 _TEMP_SERVER_MARKERS = ("uvicorn", "prefect.server.api.server:create_app")

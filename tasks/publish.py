@@ -26,6 +26,7 @@ from multiarch.errors import PublishError
 from multiarch.publish_lock import publish_lock
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
+from multiarch.runclaim import TEMP_SERVER_PID_ENV
 from multiarch.runners import RunContext, runner_for
 from multiarch.source import PinnedSource
 from multiarch.workspace import RunDirs
@@ -70,8 +71,6 @@ def serialised_publish(repository: str, dirs: RunDirs) -> Iterator[None]:
 
 
 def on_temporary_server() -> bool:
-    from flows.build import TEMP_SERVER_PID_ENV  # flows import this module
-
     return bool(os.environ.get(TEMP_SERVER_PID_ENV))
 
 

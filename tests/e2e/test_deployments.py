@@ -146,7 +146,7 @@ def test_serve_again_reuses_what_runs(stack):
         for name in ("server", "worker")
     }
     done = subprocess.run(
-        [str(SERVE)],
+        SERVE,
         cwd=REPO_ROOT,
         env=stack.env,
         capture_output=True,

@@ -88,7 +88,7 @@ def start_build(tmp_path: Path, playground, *, api_url: str | None, tag: str) ->
     if api_url:
         env["PREFECT_API_URL"] = api_url
     process = subprocess.Popen(
-        [sys.executable, "-m", "multiarch.cli", "build",
+        [sys.executable, "-m", "flows.cli", "build",
          "--image", f"{playground.address}/tests/cancel:{tag}",
          "--platform", "linux/amd64", "--context", str(context),
          "--insecure-registry", "--work-dir", str(work)],
@@ -261,7 +261,7 @@ def test_the_next_run_sweeps_what_a_killed_run_left_and_closes_its_flow_run(
     context.mkdir()
     (context / "Containerfile").write_text(f"FROM {playground.base}\nRUN true\n")
     done = subprocess.run(
-        [sys.executable, "-m", "multiarch.cli", "build",
+        [sys.executable, "-m", "flows.cli", "build",
          "--image", f"{playground.address}/tests/cancel:{cancel_tag}-next",
          "--platform", "linux/amd64", "--context", str(context),
          "--insecure-registry", "--work-dir", str(killed.work)],

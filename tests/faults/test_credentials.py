@@ -201,7 +201,7 @@ def run_cli(*args: str, api_url: str, env_extra: dict[str, str] | None = None,
                                                               ENV_CREDENTIALS_FILE)}
     env.update({"PREFECT_API_URL": api_url, **(env_extra or {})})
     process = subprocess.Popen(
-        [sys.executable, "-m", "multiarch.cli", "build", *args],
+        [sys.executable, "-m", "flows.cli", "build", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT,
     )
     stderr: list[str] = []

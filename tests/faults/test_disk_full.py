@@ -65,7 +65,7 @@ def test_disk_full_on_the_shared_directory_fails_once_and_leaves_nothing(
     work = tmp_path / "work"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "multiarch.cli", "build",
+        [sys.executable, "-m", "flows.cli", "build",
          "--image", f"{playground.address}/tests/diskfull:{tag}",
          "--platform", "linux/amd64", "--context", str(context),
          "--insecure-registry", "--work-dir", str(work),

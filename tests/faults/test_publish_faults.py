@@ -95,7 +95,7 @@ def start_cli(*, image: str, tags: list[str], context: Path, work: Path,
     log = context.parent / f"{context.name}.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "multiarch.cli", "build", "--image", f"{image}:{tags[0]}",
+            [sys.executable, "-m", "flows.cli", "build", "--image", f"{image}:{tags[0]}",
              *extra, "--platform", "linux/amd64", "--context", str(context),
              "--insecure-registry", "--work-dir", str(work), "--json"],
             stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=REPO_ROOT,

@@ -19,7 +19,7 @@ def multiarch(*args: str, api_url: str | None = None) -> subprocess.CompletedPro
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return subprocess.run(
-        [sys.executable, "-m", "multiarch.cli", *args],
+        [sys.executable, "-m", "flows.cli", *args],
         capture_output=True,
         text=True,
         timeout=600,

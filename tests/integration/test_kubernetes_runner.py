@@ -184,7 +184,9 @@ def test_flow_publishes_a_two_platform_index_through_jobs(
         runner=kube_runner_options(cluster),
     )
     revision = index["annotations"]["org.opencontainers.image.revision"]
-    source = PinnedSource(kind="git", location=context, ref="HEAD", revision=revision)
+    epoch = int(git("log", "-1", "--format=%ct", cwd=tmp_path / "repo"))
+    source = PinnedSource(kind="git", location=context, ref="HEAD", revision=revision,
+                          epoch=epoch)
     run_id = flow_run_id.hex
     assert arm_job == platform_job(
         request, source, Platform.parse("linux/arm64"), run_id=run_id, flow_run_id=str(flow_run_id)
