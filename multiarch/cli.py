@@ -150,6 +150,7 @@ def run_build_with_server(args: argparse.Namespace, run_flow: RunFlow) -> int:
     preflight_request(request)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    import prefect.main  # noqa: F401 - Prefect's logging, so the server's address is shown
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():

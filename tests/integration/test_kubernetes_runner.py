@@ -503,3 +503,37 @@ def test_registry_handoff_needs_no_shared_volume(playground, prefect_server, tmp
             assert [c["name"] for c in [*pod["initContainers"], *pod["containers"]]][-2:] == \
                 ["export", "push"]
         assert_nothing_left(cluster)
+
+
+CACHED = """\
+ARG BASE
+FROM ${BASE}
+RUN head -c 65536 /dev/urandom > /random
+COPY late.txt /late.txt
+"""
+
+
+def test_registry_cache_lets_a_fresh_pod_reuse_layers(cluster, playground, prefect_server,
+                                                       tmp_path):
+    """Pods start with empty storage (emptyDir): with cache=registry the second run's pod
+    takes the RUN layer from <repository>/cache-amd64 instead of running it again."""
+    repo = tmp_path / "repo"
+    context = make_repo(repo, CACHED)
+    image = f"{playground.address}/tests/kube-cache"
+    layers = []
+    for version in ("one", "two"):
+        (repo / "late.txt").write_text(version + "\n")
+        git("add", ".", cwd=repo)
+        git("commit", "--quiet", "-m", version, cwd=repo)
+        state = run_flow(cluster, playground, image=f"{image}:latest", context=context,
+                         platforms=["linux/amd64"], cache="registry", return_state=True)
+        assert state.is_completed(), state.message
+        digest = state.result().platforms[0].digest
+        manifest = json.loads(skopeo_raw(f"{image}@{digest}"))
+        layers.append([layer["digest"] for layer in manifest["layers"]])
+    assert layers[0][:-1] == layers[1][:-1], "the RUN layer was built again"
+    assert layers[0][-1] != layers[1][-1], "the changed COPY was taken from the cache"
+    tags = json.loads(subprocess.run(
+        ["skopeo", "list-tags", "--tls-verify=false", f"docker://{image}/cache-amd64"],
+        check=True, capture_output=True, text=True, timeout=60).stdout)["Tags"]
+    assert tags, "nothing was pushed to the cache repository"
