@@ -78,19 +78,28 @@ def read_layout_image(layout: Path, ref_name: str) -> LayoutImage:
     manifest = read_blob_json(layout, entry["digest"])
     config_desc = manifest["config"]
     config = read_blob_json(layout, config_desc["digest"])
-    blobs = [config_desc, *manifest.get("layers", [])]
-    for blob in blobs:
-        if not blob_path(layout, blob["digest"]).is_file():
-            raise PublishError(f"blob {blob['digest']} is missing from {layout}")
+    image = platform_image(manifest, config, layout=layout, digest=entry["digest"],
+                           size=int(entry["size"]), media_type=entry["mediaType"])
+    for digest in image.blob_digests:
+        if not blob_path(layout, digest).is_file():
+            raise PublishError(f"blob {digest} is missing from {layout}")
+    return image
+
+
+def platform_image(manifest: Mapping[str, Any], config: Mapping[str, Any], *,
+                   layout: Path | None, digest: str, size: int, media_type: str) -> LayoutImage:
+    """What an index entry needs from one image's manifest and config, wherever they were
+    read (a layout, or the registry)."""
+    blobs = [manifest["config"], *manifest.get("layers", [])]
     return LayoutImage(
         layout=layout,
-        manifest_digest=entry["digest"],
-        manifest_size=int(entry["size"]),
-        media_type=entry["mediaType"],
+        manifest_digest=digest,
+        manifest_size=size,
+        media_type=media_type,
         os=config.get("os", ""),
         architecture=config.get("architecture", ""),
         variant=config.get("variant") or None,
-        total_size=int(entry["size"]) + sum(int(b["size"]) for b in blobs),
+        total_size=size + sum(int(b["size"]) for b in blobs),
         blob_digests=tuple(b["digest"] for b in blobs),
     )
 

@@ -160,9 +160,9 @@ class PlainSteps:
         with ThreadPoolExecutor(max_workers=len(request.platforms)) as pool:
             futures = [pool.submit(runner.build, request, source, p, run)
                        for p in request.platforms]
+        errors = [(p, f.exception()) for p, f in zip(request.platforms, futures, strict=True)]
         failures: list[tuple[Platform, BaseException | str]] = [
-            (p, f.exception()) for p, f in zip(request.platforms, futures, strict=True)
-            if f.exception() is not None]  # type: ignore[misc]
+            (p, error) for p, error in errors if error is not None]
         if failures:
             raise PlatformsFailed(failure_summary(failures, len(futures)))
         return [f.result() for f in futures]

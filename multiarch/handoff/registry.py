@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from multiarch.errors import PublishError
 from multiarch.handoff.layouts import LAYOUT_REF, export_step
-from multiarch.oci import LayoutImage
+from multiarch.oci import LayoutImage, platform_image
 from multiarch.ocispec import IMAGE_MANIFEST_TYPES, MEDIA_TYPE_INDEX, sha256_digest
 from multiarch.process import Step
 from multiarch.registry import RETRY_TIMES
@@ -88,18 +88,7 @@ def pushed_image(client: RegistryClient, image: ImageReference,
     if manifest.media_type not in IMAGE_MANIFEST_TYPES:
         raise PublishError(f"{built.platform}: {where} is a {manifest.media_type}, not an image")
     body = json.loads(manifest.body)
-    config_desc = body["config"]
     config = json.loads(retrying(lambda: read_blob(client, image.repository,
-                                                   config_desc["digest"])))
-    blobs = [config_desc, *body.get("layers", [])]
-    return LayoutImage(
-        layout=None,
-        manifest_digest=built.digest,
-        manifest_size=len(manifest.body),
-        media_type=manifest.media_type,
-        os=config.get("os", ""),
-        architecture=config.get("architecture", ""),
-        variant=config.get("variant") or None,
-        total_size=len(manifest.body) + sum(int(b["size"]) for b in blobs),
-        blob_digests=tuple(b["digest"] for b in blobs),
-    )
+                                                   body["config"]["digest"])))
+    return platform_image(body, config, layout=None, digest=built.digest,
+                          size=len(manifest.body), media_type=manifest.media_type)
