@@ -7,7 +7,7 @@ PORT ?= 5000
 REGISTRY := 127.0.0.1:$(PORT)
 PYTHON ?= python3
 
-.PHONY: help deps venv up down demo test lint format clean serve stop bench reliability gc
+.PHONY: help deps venv up down demo test lint format clean serve stop bench reliability gc cluster cluster-down
 
 help:
 	@echo "make demo   - install what is missing, start a local registry, build examples/hello for amd64+arm64"
@@ -18,6 +18,8 @@ help:
 	@echo "make stop   - stop the Prefect server and worker of make serve (the registry keeps running)"
 	@echo "make bench  - benchmarks B1-B4 -> bench/results/latest.{json,md,png} (BENCH_QUICK=1: tiny run)"
 	@echo "make reliability - run the fault suite (tests/faults) and regenerate docs/reliability.md"
+	@echo "make cluster - a real Kubernetes control plane (built from Go modules) + amd64/arm64 node agents"
+	@echo "make cluster-down - stop it and remove $(STATE)/cluster (the built binary stays cached)"
 	@echo "make gc     - remove what killed runs left under $(STATE)/work (multiarch gc)"
 	@echo "make clean  - stop and delete $(STATE)/ and $(VENV)/"
 
@@ -55,6 +57,14 @@ reliability: deps venv
 	MULTIARCH_FAULT_REPORT=$(abspath $(STATE))/fault-report.jsonl $(BIN)/pytest tests/faults
 	$(BIN)/python -m tests.faults.report $(STATE)/fault-report.jsonl docs/reliability.md \
 		"pytest tests/faults passed"
+
+# etcd, kube-apiserver, controller-manager, scheduler (one binary from tests/cluster/controlplane,
+# cached under $(STATE)/controlplane/) and two node agents, on 127.0.0.1 (tests/cluster).
+cluster: deps venv
+	$(BIN)/python -m tests.cluster up --state-dir $(STATE)/cluster
+
+cluster-down: venv
+	$(BIN)/python -m tests.cluster down --state-dir $(STATE)/cluster
 
 gc: venv
 	$(BIN)/multiarch gc --work-dir $(STATE)/work

@@ -469,13 +469,12 @@ def test_a_deployment_passing_a_token_in_context_is_warned_and_redacted(
 
 
 def test_kubernetes_fetch_gets_the_token_only_from_its_mounted_secret(
-    playground, prefect_server, git_server, tmp_path, record_scenario, monkeypatch
+    playground, prefect_server, git_server, tmp_path, record_scenario, monkeypatch, kube_cluster
 ):
     """The fetch pod's git reads a Secret mounted only into that container; the Job spec
     carries the Secret's name. (The worker's own git calls use a credentials file.)"""
     from flows.build import build_multiarch_image
     from multiarch.runners.kubernetes.manifests import GIT_CREDENTIALS_KEY
-    from tests.kube.cluster import NodeSpec, start_fake_cluster
 
     line = git_server.url_with(SECRET).removesuffix("/repo.git")
     store = tmp_path / "worker-credentials"
@@ -484,10 +483,9 @@ def test_kubernetes_fetch_gets_the_token_only_from_its_mounted_secret(
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     repository = f"tests/creds-kube-{uuid.uuid4().hex[:8]}"
     image = f"{playground.address}/{repository}:1"
-    with start_fake_cluster(tmp_path / "cluster", nodes=[NodeSpec("node-amd64", arch="amd64")],
-                            namespace="multiarch",
-                            shared_claims={"multiarch-shared": tmp_path / "nfs"}) as cluster:
-        cluster.create_secret("git-creds", data={GIT_CREDENTIALS_KEY: f"{line}\n"})
+    cluster = kube_cluster
+    cluster.create_secret("git-creds", data={GIT_CREDENTIALS_KEY: f"{line}\n"})
+    try:
         before = git_server.authorised
         state = build_multiarch_image(
             image=image, platforms=["linux/amd64"], context=git_server.clean_url,
@@ -510,6 +508,8 @@ def test_kubernetes_fetch_gets_the_token_only_from_its_mounted_secret(
         assert "step fetch" in without.message or "fetch" in without.message, without.message
         assert SECRET not in without.message
         assert cluster.jobs() == []
+    finally:
+        cluster.delete_secret("git-creds")
     assert git_server.authorised > before
     assert_published_clean(image, git_server)
     runs = flow_runs_of(repository)

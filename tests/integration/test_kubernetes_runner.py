@@ -1,7 +1,10 @@
-"""The flow with runner="kubernetes" against the test cluster (API emulator + node agent).
+"""The flow with runner="kubernetes" against the test cluster: a real control plane
+(kube-apiserver, controllers, scheduler) with node agents as kubelets (tests/cluster).
 
-The agent runs every container's argv for real on this machine (arm64 builds through
-QEMU), so these publish real images to the real local registry.
+The runner authenticates with a token of the bundle's own ServiceAccount, so every test
+runs with exactly the Role we ship. The agents run every container's argv for real on
+this machine (arm64 builds through QEMU), so these publish real images to the real local
+registry.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from multiarch.runners.kubernetes import runner as kube_runner
 from multiarch.runners.kubernetes.manifests import LABEL_PLATFORM, platform_job
 from multiarch.runners.kubernetes.options import KubernetesOptions
 from multiarch.source import PinnedSource
+from tests.cluster.fixtures import assert_nothing_left, nfs_dir
 from tests.integration.conftest import read_image_file, skopeo_raw, tag_digest
 from tests.integration.prefect_queries import task_run_counts, task_runs
-from tests.kube.cluster import NodeSpec, start_fake_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +48,6 @@ ARG BASE
 FROM ${BASE}
 RUN if [ "$(uname -m)" = aarch64 ]; then echo "no aarch64 here" >&2; exit 7; fi
 """
-BOTH = [NodeSpec("node-amd64", arch="amd64"), NodeSpec("node-arm64", arch="arm64")]
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -78,21 +80,26 @@ def builder_path(monkeypatch):
 
 
 @pytest.fixture
-def cluster(tmp_path, builder_path):
-    with start_fake_cluster(
-        tmp_path / "cluster",
-        nodes=BOTH,
-        namespace="multiarch",
-        shared_claims={"multiarch-shared": tmp_path / "nfs"},
-    ) as fake:
-        yield fake
-        assert_nothing_left(fake)
+def cluster(kube_cluster, builder_path):
+    return kube_cluster
 
 
-def assert_nothing_left(cluster) -> None:
-    """Jobs are deleted with Background propagation: their pods go shortly after."""
-    assert cluster.jobs() == [], "a Job was left behind"
-    cluster.wait_for(lambda: cluster.pods() == [], timeout=15, what="pods to be deleted")
+def assert_carries(received, sent, path: str = "job") -> None:
+    """Everything the pure function produced reached the API server unchanged (the audit
+    log records the decoded request, with the API's defaults filled in around it)."""
+    if isinstance(sent, dict):
+        assert isinstance(received, dict), path
+        for key, value in sent.items():
+            if value in ([], {}, None) and key not in received:
+                continue  # an empty field is not serialised by the server
+            assert key in received, f"{path}.{key} missing"
+            assert_carries(received[key], value, f"{path}.{key}")
+    elif isinstance(sent, list):
+        assert isinstance(received, list) and len(received) == len(sent), path
+        for i, (got, want) in enumerate(zip(received, sent, strict=True)):
+            assert_carries(got, want, f"{path}[{i}]")
+    else:
+        assert received == sent, f"{path}: {received!r} != {sent!r}"
 
 
 def kube_runner_options(cluster, **extra) -> dict:
@@ -188,39 +195,35 @@ def test_flow_publishes_a_two_platform_index_through_jobs(
     source = PinnedSource(kind="git", location=context, ref="HEAD", revision=revision,
                           epoch=epoch)
     run_id = flow_run_id.hex
-    assert arm_job == platform_job(
+    sent = platform_job(
         request, source, Platform.parse("linux/arm64"), run_id=run_id, flow_run_id=str(flow_run_id)
     )
-    assert not (tmp_path / "nfs" / run_id).exists(), "the handoff directory was not cleaned"
+    assert_carries(arm_job, sent)
+    assert not (nfs_dir(cluster) / run_id).exists(), "the handoff directory was not cleaned"
 
 
-def test_no_arm64_node_fails_fast_with_a_clear_message(
-    playground, prefect_server, tmp_path, builder_path
+def test_no_node_of_the_architecture_fails_fast_with_a_clear_message(
+    cluster, playground, prefect_server, tmp_path
 ):
+    """The cluster has amd64 and arm64 nodes only: an s390x build cannot be placed."""
     context = make_repo(tmp_path / "repo", CONTAINERFILE)
-    with start_fake_cluster(
-        tmp_path / "cluster",
-        nodes=BOTH[:1],
-        namespace="multiarch",
-        shared_claims={"multiarch-shared": tmp_path / "nfs"},
-    ) as cluster:
-        started = time.monotonic()
-        with pytest.raises(PlatformsFailed) as failure:
-            run_flow(
-                cluster,
-                playground,
-                image=f"{playground.address}/tests/kube-noarm:1",
-                context=context,
-                platforms=["linux/arm64"],
-            )
-        elapsed = time.monotonic() - started
-        message = str(failure.value)
-        assert "[linux/arm64] no schedulable node" in message
-        assert "kubernetes.io/arch=arm64" in message
-        assert "add a node labelled kubernetes.io/arch=arm64" in message
-        assert elapsed < 120
-        assert_nothing_left(cluster)
-    assert tag_digest(f"{playground.address}/tests/kube-noarm:1") is None
+    started = time.monotonic()
+    with pytest.raises(PlatformsFailed) as failure:
+        run_flow(
+            cluster,
+            playground,
+            image=f"{playground.address}/tests/kube-noarch:1",
+            context=context,
+            platforms=["linux/s390x"],
+        )
+    elapsed = time.monotonic() - started
+    message = str(failure.value)
+    assert "[linux/s390x] no schedulable node" in message
+    assert "kubernetes.io/arch=s390x" in message
+    assert "didn't match Pod's node affinity/selector" in message  # the scheduler's words
+    assert "add a node labelled kubernetes.io/arch=s390x" in message
+    assert elapsed < 120
+    assert tag_digest(f"{playground.address}/tests/kube-noarch:1") is None
 
 
 def test_evicted_pod_is_retried_and_the_run_succeeds(cluster, playground, prefect_server, tmp_path):
@@ -446,7 +449,7 @@ def test_missing_kubeconfig_is_a_configuration_error(tmp_path):
 
 
 def test_missing_builder_image_fails_at_once_with_a_hint(cluster, playground, tmp_path):
-    cluster.unpullable_images.add("registry.example.com/nope/builder:0")
+    cluster.set_unpullable_images({"registry.example.com/nope/builder:0"})
     context = make_repo(tmp_path / "repo2", CONTAINERFILE)
     request = BuildRequest(
         image=f"{playground.address}/tests/kube-nopull:1",
@@ -476,33 +479,29 @@ def test_missing_builder_image_fails_at_once_with_a_hint(cluster, playground, tm
     assert_nothing_left(cluster)
 
 
-def test_registry_handoff_needs_no_shared_volume(playground, prefect_server, tmp_path,
-                                                 builder_path):
-    """Each build pod pushes its platform by digest; no Job mounts a shared claim (the test
-    cluster has none), and the publish Job only writes manifests."""
-    with start_fake_cluster(tmp_path / "cluster", nodes=BOTH, namespace="multiarch",
-                            shared_claims={}) as cluster:
-        context = make_repo(tmp_path / "repo", CONTAINERFILE)
-        image = f"{playground.address}/tests/kube-registry-handoff"
-        state = run_flow(cluster, playground, image=f"{image}:latest", context=context,
-                         platforms=["linux/amd64", "linux/arm64"], handoff="registry",
-                         return_state=True)
-        assert state.is_completed(), state.message
-        result = state.result()
-        assert tag_digest(f"{image}:latest") == result.index_digest
-        index = json.loads(skopeo_raw(f"{image}:latest"))
-        assert [m["digest"] for m in index["manifests"]] == [p.digest for p in result.platforms]
-        created = cluster.created_jobs()
-        assert len(created) == 3
-        for job in created:
-            pod = job["spec"]["template"]["spec"]
-            assert not any("persistentVolumeClaim" in v for v in pod["volumes"]), pod["volumes"]
-        builds = [j for j in created if j["metadata"]["labels"].get(LABEL_PLATFORM)]
-        for job in builds:
-            pod = job["spec"]["template"]["spec"]
-            assert [c["name"] for c in [*pod["initContainers"], *pod["containers"]]][-2:] == \
-                ["export", "push"]
-        assert_nothing_left(cluster)
+def test_registry_handoff_needs_no_shared_volume(cluster, playground, prefect_server, tmp_path):
+    """Each build pod pushes its platform by digest; no Job mounts a shared claim, and the
+    publish Job only writes manifests."""
+    context = make_repo(tmp_path / "repo", CONTAINERFILE)
+    image = f"{playground.address}/tests/kube-registry-handoff"
+    state = run_flow(cluster, playground, image=f"{image}:latest", context=context,
+                     platforms=["linux/amd64", "linux/arm64"], handoff="registry",
+                     return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert tag_digest(f"{image}:latest") == result.index_digest
+    index = json.loads(skopeo_raw(f"{image}:latest"))
+    assert [m["digest"] for m in index["manifests"]] == [p.digest for p in result.platforms]
+    created = cluster.created_jobs()
+    assert len(created) == 3
+    for job in created:
+        pod = job["spec"]["template"]["spec"]
+        assert not any("persistentVolumeClaim" in v for v in pod["volumes"]), pod["volumes"]
+    builds = [j for j in created if j["metadata"]["labels"].get(LABEL_PLATFORM)]
+    for job in builds:
+        pod = job["spec"]["template"]["spec"]
+        assert [c["name"] for c in [*pod["initContainers"], *pod["containers"]]][-2:] == \
+            ["export", "push"]
 
 
 CACHED = """\

@@ -129,7 +129,7 @@ def _raise_if_deadline(api: KubeApi, job: str, *, label: str, timeout_s: int) ->
     the step it interrupted (or retrying a deleted pod)."""
     try:
         status = api.api_client.sanitize_for_serialization(
-            api.batch.read_namespaced_job_status(job, api.namespace, _request_timeout=30)
+            api.batch.read_namespaced_job(job, api.namespace, _request_timeout=30)
         ).get("status") or {}
     except (ApiException, urllib3.exceptions.HTTPError):
         return

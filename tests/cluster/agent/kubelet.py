@@ -1,4 +1,4 @@
-"""The fake kubelet: runs a bound pod's containers for real and reports like the kubelet.
+"""The node agent's kubelet part: runs a bound pod's containers and reports like a kubelet.
 
 What a Job runner reads is the pod status, so that is what this module is careful about:
 phase Pending while init containers run (one after another), Running during the main
@@ -8,8 +8,14 @@ Completed|Error|OOMKilled|StartError, message from the termination-log file); wi
 restartPolicy Never a failed init container fails the pod and nothing after it runs;
 unpullable images wait in ErrImagePull then ImagePullBackOff; the events kubelets emit.
 
+Status goes to the real API server through the `status` subresource (strategic merge, so
+conditions others own, PodScheduled and DisruptionTarget, stay), and a pod marked for
+deletion is stopped, reported and then deleted with grace 0, as the kubelet does.
+
 Not reproduced: restarts (restartPolicy Always/OnFailure run once), probes, resource
-limits (a hook stands in for the OOM killer), image contents (the host is every image).
+limits (a hook stands in for the OOM killer), image contents (the host is every image),
+pod networking (containers share the host's network; KUBERNETES_SERVICE_HOST points at the
+API server on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -23,12 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.kube import events
-from tests.kube.logs import ContainerLog, LogStore
-from tests.kube.podstatus import Outcome, PodStatus, disruption, image_id
-from tests.kube.runtime import Cgroups, ContainerProcess, Mount, expand
-from tests.kube.store import PODS, Obj, Store
-from tests.kube.volumes import MountPoints, VolumeError, container_mounts, set_up, top_level
+from tests.cluster.agent.events import EventRecorder
+from tests.cluster.agent.kubeapi import ApiError, KubeApi, Obj
+from tests.cluster.agent.logs import ContainerLog, LogStore
+from tests.cluster.agent.podstatus import Outcome, PodStatus, disruption, image_id
+from tests.cluster.agent.runtime import Cgroups, ContainerProcess, Mount, expand
+from tests.cluster.agent.volumes import (
+    MountPoints,
+    VolumeError,
+    container_mounts,
+    set_up,
+    top_level,
+)
 
 TERMINATION_MESSAGE_MAX = 4096
 FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048
@@ -44,7 +56,7 @@ class KubeletConfig:
     """Knobs shared by every node's kubelet (tests mutate the sets while running)."""
 
     state_dir: Path
-    shared_claims: dict[str, Path]
+    nfs_exports: dict[str, Path]
     base_env: dict[str, str]
     unpullable_images: set[str] = field(default_factory=set)
     oom_containers: set[str] = field(default_factory=set)  # container names to OOM-kill
@@ -65,11 +77,13 @@ class PodWorker:
         node: str,
         pod_ip: str,
         host_ip: str,
-        store: Store,
+        api: KubeApi,
+        events: EventRecorder,
         logs: LogStore,
         config: KubeletConfig,
     ) -> None:
-        self.pod, self.node, self.store, self.logs, self.config = pod, node, store, logs, config
+        self.pod, self.node, self.api, self.logs, self.config = pod, node, api, logs, config
+        self.events = events
         meta, self.spec = pod["metadata"], pod["spec"]
         self.namespace, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
         self.dir = config.state_dir / node / "pods" / self.uid
@@ -85,11 +99,22 @@ class PodWorker:
         self.silenced = False  # the node is gone: nothing reports any more
         self.task: asyncio.Task[None] | None = None
         self._stoppers: set[asyncio.Task[None]] = set()
+        self._dirty = asyncio.Event()
+        self._publisher: asyncio.Task[None] | None = None
+        self.deleted = False  # the final delete (grace 0) was sent
+        self._in_flight = 0
 
     # --- control from the agent ----------------------------------------------------
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"pod {self.name}")
+        self._publisher = asyncio.create_task(self._publish_loop(), name=f"status {self.name}")
+
+    @property
+    def reported(self) -> bool:
+        """The terminal status reached the API server (or nothing will report any more)."""
+        return self.silenced or (self.status.terminal and not self._dirty.is_set()
+                                 and self._in_flight == 0)
 
     @property
     def done(self) -> bool:
@@ -129,6 +154,8 @@ class PodWorker:
     def clean_up(self) -> None:
         for process in self.running.values():
             process.kill_all()
+        if self._publisher is not None:
+            self._publisher.cancel()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # --- the pod's life ----------------------------------------------------------------
@@ -176,16 +203,16 @@ class PodWorker:
         while not self.stopping.is_set():
             try:
                 return {
-                    v["name"]: set_up(
+                    v["name"]: await set_up(
                         v,
+                        pod=self.pod,
                         pod_dir=self.dir,
-                        namespace=self.namespace,
-                        store=self.store,
-                        claims=self.config.shared_claims,
+                        api=self.api,
+                        nfs_exports=self.config.nfs_exports,
                     )
                     for v in self.spec.get("volumes", [])
                 }
-            except (VolumeError, OSError) as exc:
+            except (VolumeError, ApiError, OSError) as exc:
                 name = str(exc)
                 if name not in reported:
                     reported.add(name)
@@ -301,6 +328,8 @@ class PodWorker:
         for var in container.get("env") or []:
             if "value" in var or "valueFrom" not in var:
                 defined[var["name"]] = expand(var.get("value", ""), defined)
+            elif "fieldRef" in var["valueFrom"]:
+                defined[var["name"]] = self._field(var["valueFrom"]["fieldRef"]["fieldPath"])
         env.update(defined)
         argv = [
             expand(arg, defined)
@@ -316,6 +345,21 @@ class PodWorker:
             state_dir=state,
             cgroup=self.config.cgroups.create(self.uid, name),
         )
+
+    def _field(self, path: str) -> str:
+        """The downward API's fields a Job's containers typically ask for."""
+        meta = self.pod["metadata"]
+        if path.startswith("metadata.labels['"):
+            return (meta.get("labels") or {}).get(path[len("metadata.labels['"):-2], "")
+        return {
+            "metadata.name": self.name,
+            "metadata.namespace": self.namespace,
+            "metadata.uid": self.uid,
+            "spec.nodeName": self.node,
+            "spec.serviceAccountName": self.spec.get("serviceAccountName", ""),
+            "status.podIP": self.status.ips["podIP"],
+            "status.hostIP": self.status.ips["hostIP"],
+        }.get(path, "")
 
     def _termination_message(self, container: dict[str, Any], log: ContainerLog, code: int) -> str:
         """The file at terminationMessagePath, or the log tail (FallbackToLogsOnError)."""
@@ -338,33 +382,56 @@ class PodWorker:
 
     def _publish(self) -> None:
         if not self.silenced:
-            self.store.mutate(PODS, self.namespace, self.name, self.status.write)
+            self._dirty.set()
+
+    async def _publish_loop(self) -> None:
+        """Send the newest status whenever it changed; one request at a time, so a slow
+        answer never lets an older status overwrite a newer one."""
+        path = f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status"
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            if self.silenced:
+                continue
+            self._in_flight += 1
+            try:
+                await self.api.patch(path, {"status": self.status.body()}, strategic=True)
+            except ApiError as exc:
+                if exc.status == 404:
+                    return
+                logging.getLogger(__name__).warning("pod %s status: %s", self.name, exc)
+                self._dirty.set()
+                await asyncio.sleep(self.config.retry_s)
+            except OSError as exc:
+                logging.getLogger(__name__).warning("pod %s status: %s", self.name, exc)
+                self._dirty.set()
+                await asyncio.sleep(self.config.retry_s)
+            finally:
+                self._in_flight -= 1
 
     def event(self, reason: str, message: str, kind: str = "Normal") -> None:
-        if self.silenced:
-            return
-        pod = self.store.get(PODS, self.namespace, self.name)
-        if pod is not None:
-            events.record(
-                self.store,
-                pod,
-                reason=reason,
-                message=message,
-                type=kind,
-                component="kubelet",
-                host=self.node,
-            )
+        if not self.silenced:
+            self.events.record(self.pod, reason=reason, message=message, type=kind)
 
 
 class Kubelet:
     """All pods bound to one node."""
 
     def __init__(
-        self, *, node: str, index: int, store: Store, logs: LogStore, config: KubeletConfig
+        self,
+        *,
+        node: str,
+        index: int,
+        api: KubeApi,
+        events: EventRecorder,
+        logs: LogStore,
+        config: KubeletConfig,
     ) -> None:
-        self.node, self.index, self.store, self.logs, self.config = node, index, store, logs, config
+        self.node, self.index, self.api, self.logs, self.config = node, index, api, logs, config
+        self.events = events
         self.workers: dict[str, PodWorker] = {}
         self._next_ip = 2
+        self._deletes: set[asyncio.Task[None]] = set()
 
     def sync(self, pods: list[Obj]) -> None:
         """Level-triggered: start new pods, stop deleted ones, confirm finished deletions."""
@@ -372,6 +439,8 @@ class Kubelet:
         for pod in pods:
             uid, meta = pod["metadata"]["uid"], pod["metadata"]
             worker = self.workers.get(uid)
+            if worker is not None:
+                worker.pod = pod  # labels and annotations as they are now
             deleting = bool(meta.get("deletionTimestamp"))
             if (
                 worker is None
@@ -383,22 +452,44 @@ class Kubelet:
             if deleting:
                 if worker is not None and not worker.done:
                     worker.terminate(float(meta.get("deletionGracePeriodSeconds") or 0))
-                elif meta.get("deletionGracePeriodSeconds", 0) != 0:
-                    self.store.delete(PODS, meta["namespace"], meta["name"], grace_s=0)
+                elif worker is None or (worker.reported and not worker.deleted):
+                    if worker is not None:
+                        worker.deleted = True
+                    self._delete_now(pod)
         for uid in [u for u in self.workers if u not in present]:
             worker = self.workers.pop(uid)
             worker.kill_now()
             worker.clean_up()
             self.logs.discard(worker.namespace, worker.name)
 
+    def _delete_now(self, pod: Obj) -> None:
+        """Containers are gone and reported: remove the object (grace 0, this uid only)."""
+        meta = pod["metadata"]
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+        body = {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}}
+
+        async def delete() -> None:
+            try:
+                await self.api.delete(path, body)
+            except (ApiError, OSError) as exc:
+                logging.getLogger(__name__).warning("deleting pod %s: %s", meta["name"], exc)
+                worker = self.workers.get(meta["uid"])
+                if worker is not None:
+                    worker.deleted = False  # the next sync tries again
+
+        task = asyncio.create_task(delete())
+        self._deletes.add(task)
+        task.add_done_callback(self._deletes.discard)
+
     def _worker(self, pod: Obj) -> PodWorker:
-        ip, self._next_ip = f"10.244.{self.index}.{self._next_ip}", self._next_ip + 1
+        ip, self._next_ip = "127.0.0.1", self._next_ip + 1  # host network: no pod IPs
         return PodWorker(
             pod=pod,
             node=self.node,
             pod_ip=ip,
-            host_ip=f"10.0.0.{10 + self.index}",
-            store=self.store,
+            host_ip="127.0.0.1",
+            api=self.api,
+            events=self.events,
             logs=self.logs,
             config=self.config,
         )

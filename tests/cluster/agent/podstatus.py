@@ -2,7 +2,7 @@
 
 Job runners decide everything from this object (phase, conditions, each container's
 waiting/running/terminated state, reason and message), so its shape follows the kubelet
-of Kubernetes 1.31: the PodReadyToStartContainers/Initialized/Ready/ContainersReady
+of Kubernetes 1.36: the PodReadyToStartContainers/Initialized/Ready/ContainersReady
 conditions with their reasons, `lastTransitionTime` moving only on a change, and the
 kubelet never overwriting what others own (PodScheduled from the scheduler, a terminal
 phase and DisruptionTarget written by pod GC).
@@ -14,10 +14,9 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.kube.store import Obj, now_rfc3339
+from tests.cluster.agent.kubeapi import Obj, now_rfc3339
 
 TERMINAL = ("Succeeded", "Failed")
-NOT_KUBELETS = ("PodScheduled", "DisruptionTarget")
 
 
 @dataclass
@@ -122,23 +121,22 @@ class PodStatus:
             self._condition("ContainersReady", ready, reason, message),
         ]
 
-    def write(self, pod: Obj) -> None:
-        """Merge into the stored pod (used with `Store.mutate`)."""
-        status = pod.setdefault("status", {})
-        if status.get("phase") in TERMINAL and status["phase"] != self.phase:
-            return  # somebody else (pod GC) already ended it
-        kept = [c for c in status.get("conditions", []) if c["type"] in NOT_KUBELETS]
+    def body(self) -> Obj:
+        """The status to send as a strategic-merge patch: conditions merge by type, so
+        those the kubelet does not own (PodScheduled, a DisruptionTarget from the taint
+        manager) are kept by the API server."""
+        conditions = self.conditions()
         if self.outcome is not None and self.outcome.condition is not None:
-            kept = [c for c in kept if c["type"] != "DisruptionTarget"]
-            kept.append(self.outcome.condition)
-        status.update(
-            self.ips,
-            phase=self.phase,
-            startTime=self.started_at,
-            conditions=self.conditions() + kept,
-            containerStatuses=self.main,
-        )
+            conditions.append(self.outcome.condition)
+        status: Obj = {
+            **self.ips,
+            "phase": self.phase,
+            "startTime": self.started_at,
+            "conditions": conditions,
+            "containerStatuses": self.main,
+        }
         if self.init:
             status["initContainerStatuses"] = self.init
         if self.outcome is not None and self.phase == "Failed":
             status.update(reason=self.outcome.reason, message=self.outcome.message)
+        return status

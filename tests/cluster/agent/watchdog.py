@@ -6,7 +6,7 @@ pytest. Each cluster starts this watchdog with a pipe on its stdin: a normal sto
 so the watchdog kills the cluster's cgroup tree (the next cluster removes leftover
 mount points, see `volumes.MountPoints`).
 
-    python -m tests.kube.watchdog --cgroup DIR
+    python -m tests.cluster.agent.watchdog --cgroup DIR
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 DISARM = b"disarm"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def start(cgroup: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-E", "-m", "tests.kube.watchdog", "--cgroup", str(cgroup)]
+    argv = [sys.executable, "-E", "-m", "tests.cluster.agent.watchdog", "--cgroup", str(cgroup)]
     return subprocess.Popen(argv, stdin=subprocess.PIPE, cwd=REPO_ROOT, start_new_session=True)
 
 
@@ -49,7 +49,7 @@ def _kill(cgroup: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.kube.watchdog")
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster.agent.watchdog")
     parser.add_argument("--cgroup", type=Path, required=True)
     args = parser.parse_args()
     if sys.stdin.buffer.read() != DISARM:

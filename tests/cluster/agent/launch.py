@@ -5,7 +5,7 @@ depends on is that every container sees its volumes at the in-pod paths (`/share
 the emptyDir for container storage, the secret) without those paths existing for
 anyone else. So this launcher, run as
 
-    python -m tests.kube.launch --bind HOSTDIR:MOUNTPATH[:ro] ... [--workdir DIR]
+    python -m tests.cluster.agent.launch --bind HOSTDIR:MOUNTPATH[:ro] ... [--workdir DIR]
         [--hostname NAME] [--cgroup DIR] [--start-error FILE] -- ARGV...
 
 unshares the mount (and UTS) namespace, makes `/` rprivate so nothing leaks back to the
@@ -74,7 +74,7 @@ def parse_bind(text: str) -> tuple[Path, Path, bool]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.kube.launch")
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster.agent.launch")
     parser.add_argument("--bind", action="append", default=[], type=parse_bind)
     parser.add_argument("--workdir")
     parser.add_argument("--hostname")

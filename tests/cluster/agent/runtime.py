@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.kube import watchdog
-from tests.kube.logs import ContainerLog
-from tests.kube.store import now_rfc3339
+from tests.cluster.agent import watchdog
+from tests.cluster.agent.kubeapi import now_rfc3339
+from tests.cluster.agent.logs import ContainerLog
 
 REPO_ROOT = watchdog.REPO_ROOT
 READ_LIMIT = 1 << 20  # longest line kept whole; longer ones arrive in pieces
@@ -51,7 +51,7 @@ def _cgroup2_root() -> Path | None:
         before, _, after = line.partition(" - ")
         if after.startswith("cgroup2 "):
             root = Path(before.split()[4])
-            probe = root / f"fake-kube-probe-{secrets.token_hex(4)}"
+            probe = root / f"multiarch-agent-probe-{secrets.token_hex(4)}"
             try:
                 probe.mkdir()
             except OSError:
@@ -74,11 +74,11 @@ class Cgroups:
         self._watchdog: subprocess.Popen[bytes] | None = None
         if root is None:
             return
-        for stale in root.glob("fake-kube-*-*"):
+        for stale in root.glob("multiarch-agent-*-*"):
             owner = stale.name.split("-")[2]
             if owner.isdigit() and not Path(f"/proc/{owner}").exists():
                 _remove_tree(stale)
-        self.base = root / f"fake-kube-{os.getpid()}-{secrets.token_hex(3)}"
+        self.base = root / f"multiarch-agent-{os.getpid()}-{secrets.token_hex(3)}"
         self.base.mkdir()
         self._watchdog = watchdog.start(self.base)
 
@@ -173,7 +173,7 @@ class ContainerProcess:
             sys.executable,
             "-E",
             "-m",
-            "tests.kube.launch",
+            "tests.cluster.agent.launch",
             "--hostname",
             self.hostname,
             "--start-error",

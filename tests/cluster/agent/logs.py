@@ -1,10 +1,9 @@
 """Container logs as the kubelet keeps them: timestamped lines per container, followable.
 
-kmock 0.8 answers `pods/{name}/log` with the Pod JSON (and would send a stream as
-application/octet-stream, which the client refuses). Runners stream build output with
-`follow=True`, `timestamps=True` and resume after a dropped connection, so the fake keeps
-every line with its RFC3339Nano time and serves the same query options as the kubelet,
-plus a hook that drops one follow stream mid-way.
+Runners stream build output with `follow=True`, `timestamps=True` and resume after a
+dropped connection, so the agent keeps every line with its RFC3339Nano time and serves
+the kubelet's query options (the API server proxies `pods/log` here), plus a hook that
+drops one follow stream mid-way.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
-from tests.kube.store import ApiError
+from tests.cluster.agent.kubeapi import ApiError
 
 _TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 
@@ -169,7 +168,6 @@ async def stream_log(
     log: ContainerLog, query: LogQuery, *, store: LogStore, hang_up: Callable[[], None]
 ) -> AsyncIterator[bytes]:
     """Existing lines (since/tail), then, when following, new ones until the container ends."""
-    yield b""  # kmock prepares the response on the first chunk, even for an empty log
     start = [line for line in log.lines if query.wants(line)]
     if query.tail is not None:
         start = start[-query.tail :] if query.tail > 0 else []
