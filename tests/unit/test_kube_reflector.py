@@ -228,12 +228,37 @@ def test_an_unreachable_server_gets_a_handful_of_requests_in_two_seconds():
 
 def test_the_log_follower_backs_off_too(refusing):
     api, handler = refusing(500)
-    pod = {"metadata": {"name": "p"}, "status": {"phase": "Running", "containerStatuses": [
-        {"name": "build", "state": {"running": {"startedAt": "2026-11-29T08:00:00Z"}}}]}}
-    follower = LogFollower(api, "p", ["build"], PodView(pod=pod), label="[linux/arm64]",
+    follower = LogFollower(api, "p", ["build"], PodView(pod=running()), label="[linux/arm64]",
                            emit=lambda line: None, backoff=seeded())
     follower.start()
     time.sleep(2)
     follower.stop()
     follower.join(5)
     assert 1 <= handler.hits <= 6 and follower.requests == handler.hits  # before: 10 in 2 s
+
+
+def running(container: str = "build") -> dict[str, Any]:
+    return {"metadata": {"name": "p"}, "status": {"phase": "Running", "containerStatuses": [
+        {"name": container, "state": {"running": {"startedAt": "2026-11-29T08:00:00Z"}}}]}}
+
+
+def test_the_log_follower_keeps_a_403_for_the_runner_and_stops(refusing):
+    api, handler = refusing(403)
+    follower = LogFollower(api, "p", ["build", "export"], PodView(pod=running()),
+                           label="[linux/arm64]", emit=lambda line: None)
+    follower.start()
+    follower.join(5)
+    assert not follower.is_alive() and handler.hits == 1
+    assert isinstance(follower.error, ConfigurationError)
+    assert "needs pods/log get" in str(follower.error)
+
+
+def test_finishing_the_pod_ends_a_backoff_wait_at_once(refusing):
+    api, _ = refusing(500)
+    follower = LogFollower(api, "p", ["build"], PodView(pod=running()), label="[x]",
+                           emit=lambda line: None, backoff=Backoff(initial_s=60, draw=lambda: 1))
+    follower.start()
+    time.sleep(0.3)  # one request failed; the follower now waits 60 s
+    started = time.monotonic()
+    follower.finish()
+    assert time.monotonic() - started < 2 and not follower.is_alive()

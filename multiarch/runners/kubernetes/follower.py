@@ -231,10 +231,9 @@ class Follower:
     def _read_node_if_due(self, pod: dict[str, Any]) -> None:
         """Once when the pod is placed (emulated?), again while the pod looks lost."""
         state, name = self.state, (pod.get("spec") or {}).get("nodeName")
-        if not name or state.node_forbidden:
-            return
-        if state.node_read_at is not None and not (
-                _looks_lost(pod) and time.monotonic() - state.node_read_at >= NODE_REFRESH_S):
+        due = state.node is None or (_looks_lost(pod) and state.node_read_at is not None and
+                                     time.monotonic() - state.node_read_at >= NODE_REFRESH_S)
+        if not name or state.node_forbidden or not due:
             return
         state.node_read_at = time.monotonic()
         state.node = self._read_node(name)

@@ -64,6 +64,7 @@ class LogFollower(threading.Thread):
         self.requests = 0
         self._tails: dict[str, deque[str]] = {s: deque(maxlen=TAIL_LINES) for s in steps}
         self._stop_now = threading.Event()
+        self._wake = threading.Event()  # ends a backoff wait early: the pod is done or stop
 
     def run(self) -> None:
         for step in self.steps:
@@ -71,15 +72,19 @@ class LogFollower(threading.Thread):
                 return
             self.emit(f"{self.label} step {step} on {self.pod}")
             self._stream(step)
+            if self.error is not None:
+                return
 
     def finish(self) -> None:
         """The pod is done: let the follower drain what is left, then wait for it."""
         self.view.finished.set()
+        self._wake.set()
         self.join(LOG_JOIN_TIMEOUT_S)
 
     def stop(self) -> None:
         self._stop_now.set()
         self.view.finished.set()
+        self._wake.set()
 
     def tail(self, step: str | None = None) -> list[str]:
         if step is not None and step in self._tails:
@@ -119,7 +124,7 @@ class LogFollower(threading.Thread):
                 return
             if passed > before:
                 self.backoff.reset()
-            self._stop_now.wait(self.backoff.next_delay(retry_after_s=retry_after))
+            self._wake.wait(self.backoff.next_delay(retry_after_s=retry_after))
 
     def _lines(self, step: str, *, follow: bool) -> Iterator[str]:
         self.requests += 1
