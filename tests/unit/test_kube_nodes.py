@@ -104,3 +104,13 @@ def test_emulated_comes_from_the_node_annotation():
     assert not node_emulates(node(emulated="false"))
     assert not node_emulates(node())
     assert not node_emulates(None)  # nodes get forbidden: no ClusterRole
+
+
+def test_an_eviction_in_progress_is_transient_without_blaming_the_node():
+    evicting = [{"type": "DisruptionTarget", "status": "True",
+                 "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"},
+                {"type": "Ready", "status": "True"}]
+    d = diagnose_node_loss(running_pod(deletion=stamp(30), conditions=evicting), node(), now=NOW)
+    assert d is not None and d.verdict == Verdict.TRANSIENT
+    assert "being disrupted on arm64-b (EvictionByEvictionAPI)" in d.message
+    assert "not ready" not in d.message

@@ -42,33 +42,43 @@ def node_not_ready(node: Mapping[str, Any] | None) -> str | None:
 
 def diagnose_node_loss(pod: Mapping[str, Any], node: Mapping[str, Any] | None, *,
                        now: datetime) -> Diagnosis | None:
-    """TRANSIENT when the pod's node is lost; None while nothing says so."""
+    """TRANSIENT when the pod's node is lost (or the cluster is taking the pod away);
+    None while nothing says so."""
     status, metadata = pod.get("status") or {}, pod.get("metadata") or {}
     if status.get("phase") in ("Succeeded", "Failed"):
         return None  # diagnose_pod decides terminal pods
     node_name = (pod.get("spec") or {}).get("nodeName") or "its node"
     not_ready = node_not_ready(node)
-    deleting = _timestamp(metadata.get("deletionTimestamp"))
-    why = None
     if not_ready is not None:
-        why = f"Ready {not_ready}"
-    elif deleting is not None and (_lost_reason(status) or now > deleting + DELETION_SLACK):
-        why = _lost_reason(status) or f"still {status.get('phase', 'Pending')} past its " \
-                                      "deletion grace period"
-    if why is None:
+        return _lost(pod, node_name, f"Ready {not_ready}")
+    deleting = _timestamp(metadata.get("deletionTimestamp"))
+    if deleting is None:
         return None
+    reason, disruption = status.get("reason"), _disruption_reason(status)
+    if reason in NODE_LOSS_REASONS or disruption in NODE_LOSS_REASONS:
+        return _lost(pod, node_name, f"pod marked {reason or disruption}")
+    if disruption is not None:  # eviction API, preemption, kubelet: the node is fine
+        return Diagnosis(verdict=Verdict.TRANSIENT,
+                         summary=f"pod {metadata.get('name')} is being disrupted on "
+                                 f"{node_name} ({disruption})",
+                         resolution="retrying on another attempt")
+    if now > deleting + DELETION_SLACK:
+        return _lost(pod, node_name, f"pod still {status.get('phase', 'Pending')} past its "
+                                     "deletion grace period")
+    return None
+
+
+def _lost(pod: Mapping[str, Any], node_name: str, why: str) -> Diagnosis:
     return Diagnosis(verdict=Verdict.TRANSIENT,
-                     summary=f"node {node_name} not ready ({why}): pod {metadata.get('name')} "
-                             "will not finish there",
+                     summary=f"node {node_name} not ready ({why}): pod "
+                             f"{(pod.get('metadata') or {}).get('name')} will not finish there",
                      resolution="retrying on another node of this architecture")
 
 
-def _lost_reason(status: Mapping[str, Any]) -> str | None:
-    if status.get("reason") in NODE_LOSS_REASONS:
-        return str(status["reason"])
+def _disruption_reason(status: Mapping[str, Any]) -> str | None:
     for condition in status.get("conditions") or []:
         if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
-            return f"DisruptionTarget {condition.get('reason', '')}".strip()
+            return str(condition.get("reason") or "DisruptionTarget")
     return None
 
 
