@@ -9,6 +9,7 @@ or a failing step is permanent.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,6 +21,7 @@ TRANSIENT_POD_REASONS = frozenset({
     "Preempting",
 })
 PULL_FAILURES = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+_MISSING_CLAIM = re.compile(r'persistentvolumeclaim "[^"]+" not found')
 CONFIG_FAILURES = frozenset({"CreateContainerConfigError", "CreateContainerError",
                              "RunContainerError"})
 
@@ -141,6 +143,11 @@ def _disruption(status: Mapping[str, Any]) -> str | None:
     return None
 
 
+def scheduler_message(pod: Mapping[str, Any]) -> str | None:
+    """Why the scheduler cannot place the pod ("0/2 nodes are available: ..."), if it cannot."""
+    return _unschedulable(pod.get("status") or {})
+
+
 def _unschedulable(status: Mapping[str, Any]) -> str | None:
     for condition in status.get("conditions") or []:
         if (condition.get("type") == "PodScheduled" and condition.get("status") == "False"
@@ -150,6 +157,13 @@ def _unschedulable(status: Mapping[str, Any]) -> str | None:
 
 
 def _unschedulable_diagnosis(pod: Mapping[str, Any], message: str) -> Diagnosis:
+    if _MISSING_CLAIM.search(message):  # no node will ever do: a missing object
+        return Diagnosis(
+            verdict=Verdict.PERMANENT,
+            summary=f"pod {_name(pod)} cannot be scheduled: {message.strip()}",
+            resolution="create the PersistentVolumeClaim (deployments/kubernetes/"
+                       "shared-volume.yaml) or set runner.kubernetes.shared_claim to one",
+        )
     spec = pod.get("spec") or {}
     selector = ", ".join(f"{k}={v}" for k, v in (spec.get("nodeSelector") or {}).items())
     arch = (spec.get("nodeSelector") or {}).get("kubernetes.io/arch", "this architecture")

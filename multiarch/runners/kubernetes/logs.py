@@ -13,11 +13,12 @@ from typing import Any
 import urllib3
 from kubernetes.client.rest import ApiException
 
+from multiarch.errors import MultiarchError
 from multiarch.process import TAIL_LINES
-from multiarch.runners.kubernetes.client import KubeApi
+from multiarch.runners.kubernetes.backoff import Backoff, retry_after_s
+from multiarch.runners.kubernetes.client import KubeApi, api_error
 
 Emit = Callable[[str], None]
-LOG_RECONNECT_DELAY_S = 0.2
 LOG_JOIN_TIMEOUT_S = 30
 
 
@@ -48,16 +49,22 @@ class LogFollower(threading.Thread):
 
     The log of a container only grows, so after a drop we ask again from the start and
     skip the lines already passed on (the API's `sinceTime` is second-granular and would
-    repeat or lose lines).
+    repeat or lose lines). Reconnects back off (exponential, jittered, `Retry-After`
+    honoured) unless the last stream brought new lines. A 401/403 is not retried: it is
+    kept in `error` for the runner to raise, with the permission (pods/log get) named.
     """
 
     def __init__(self, api: KubeApi, pod: str, steps: list[str], view: PodView, *,
-                 label: str, emit: Emit) -> None:
+                 label: str, emit: Emit, backoff: Backoff | None = None) -> None:
         super().__init__(name=f"logs-{pod}", daemon=True)
         self.api, self.pod, self.steps, self.view = api, pod, steps, view
         self.label, self.emit = label, emit
+        self.backoff = backoff or Backoff()
+        self.error: MultiarchError | None = None
+        self.requests = 0
         self._tails: dict[str, deque[str]] = {s: deque(maxlen=TAIL_LINES) for s in steps}
         self._stop_now = threading.Event()
+        self._wake = threading.Event()  # ends a backoff wait early: the pod is done or stop
 
     def run(self) -> None:
         for step in self.steps:
@@ -65,15 +72,19 @@ class LogFollower(threading.Thread):
                 return
             self.emit(f"{self.label} step {step} on {self.pod}")
             self._stream(step)
+            if self.error is not None:
+                return
 
     def finish(self) -> None:
         """The pod is done: let the follower drain what is left, then wait for it."""
         self.view.finished.set()
+        self._wake.set()
         self.join(LOG_JOIN_TIMEOUT_S)
 
     def stop(self) -> None:
         self._stop_now.set()
         self.view.finished.set()
+        self._wake.set()
 
     def tail(self, step: str | None = None) -> list[str]:
         if step is not None and step in self._tails:
@@ -94,19 +105,29 @@ class LogFollower(threading.Thread):
         passed = 0
         while not self._stop_now.is_set():
             done = "terminated" in self.view.container_state(step) or self.view.finished.is_set()
+            before, retry_after = passed, None
             try:
                 for index, line in enumerate(self._lines(step, follow=not done)):
                     if index >= passed:
                         self._tails[step].append(line)
                         self.emit(f"{self.label} [{step}] {line}")
                         passed += 1
-            except (ApiException, urllib3.exceptions.HTTPError, OSError):
+            except ApiException as exc:
+                if exc.status in (401, 403):
+                    self.error = api_error(exc, what=f"{self.label} streaming the log of "
+                                                     f"{self.pod} (needs pods/log get)")
+                    return
+                retry_after = retry_after_s(exc.headers)
+            except (urllib3.exceptions.HTTPError, OSError):
                 pass  # a dropped stream: ask again, skipping what was passed on
             if done:
                 return
-            time.sleep(LOG_RECONNECT_DELAY_S)
+            if passed > before:
+                self.backoff.reset()
+            self._wake.wait(self.backoff.next_delay(retry_after_s=retry_after))
 
     def _lines(self, step: str, *, follow: bool) -> Iterator[str]:
+        self.requests += 1
         response = self.api.core.read_namespaced_pod_log(
             self.pod, self.api.namespace, container=step, follow=follow,
             _preload_content=False, _request_timeout=(30, 3600),

@@ -59,7 +59,7 @@ def build_platform_job(request: BuildRequest, source: PinnedSource, platform: Pl
         raise StepFailed(f"[{platform}] export did not report a digest (got {digest[:80]!r})",
                          step="export", exit_code=None, tail=[])
     shared = request.handoff == "shared"
-    return PlatformImage(platform=platform, digest=digest, size=0, emulated=False,
+    return PlatformImage(platform=platform, digest=digest, size=0, emulated=outcome.emulated,
                          duration_s=time.monotonic() - started, handoff=request.handoff,
                          layout=pod_paths(run_id, platform, handoff="shared").layout
                          if shared else None, layout_ref=LAYOUT_REF,
