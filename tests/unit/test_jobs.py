@@ -214,7 +214,7 @@ UNPRIVILEGED = {
 }
 MINIMAL = {
     "privileged": False,
-    "capabilities": {"add": ["SYS_ADMIN", "SYS_CHROOT", "SETFCAP"]},
+    "capabilities": {"add": ["SYS_ADMIN", "SYS_CHROOT", "SETFCAP", "MKNOD"]},
     "seccompProfile": {"type": "RuntimeDefault"},
     "appArmorProfile": {"type": "Unconfined"},
 }

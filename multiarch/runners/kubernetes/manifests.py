@@ -134,8 +134,11 @@ UNPRIVILEGED = {
 }
 
 # `minimal`: added to the runtime's default set, which containerd and CRI-O both fill with
-# CHOWN, DAC_OVERRIDE, FOWNER, SETUID and SETGID (RUN steps that install or switch users).
-MINIMAL_CAPABILITIES = ("SYS_ADMIN", "SYS_CHROOT", "SETFCAP")
+# CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETUID and SETGID (RUN steps that install or switch
+# users). skopeo 1.9 wants CHOWN, DAC_OVERRIDE, FOWNER, FSETID, MKNOD and SETFCAP, or it
+# re-executes itself in a one-uid user namespace and cannot read files of other owners:
+# CRI-O's set lacks MKNOD and SETFCAP (measured: the export fails without them).
+MINIMAL_CAPABILITIES = ("SYS_ADMIN", "SYS_CHROOT", "SETFCAP", "MKNOD")
 
 
 def security_context(options: KubernetesOptions, *, step: str = "build") -> dict[str, Any]:
@@ -143,7 +146,8 @@ def security_context(options: KubernetesOptions, *, step: str = "build") -> dict
 
     privileged: simplest and works with overlay and chroot isolation everywhere.
     minimal: no privileged flag; SYS_ADMIN (overlay and chroot-isolation mounts), SYS_CHROOT
-    (missing from CRI-O's default set), SETFCAP (files with capabilities in layers); the
+    (missing from CRI-O's default set), SETFCAP (files with capabilities in layers), MKNOD
+    (device nodes in layers; skopeo wants it); the
     RuntimeDefault seccomp filter allows mount and unshare once SYS_ADMIN is held, but the
     default AppArmor profile denies mount, hence Unconfined AppArmor. No /dev/fuse: a
     hostPath device is blocked by the device cgroup (docs/kubernetes.md, step 6).

@@ -87,7 +87,7 @@ class KubernetesOptions(BaseModel):
         "privileged",
         description="Privileges of the build and export containers (every other container "
         "has none). privileged: simplest, works everywhere; minimal: SYS_ADMIN, SYS_CHROOT, "
-        "SETFCAP, RuntimeDefault seccomp, Unconfined AppArmor, Kubernetes 1.30+ "
+        "SETFCAP, MKNOD, RuntimeDefault seccomp, Unconfined AppArmor, Kubernetes 1.30+ "
         "(docs/kubernetes.md, step 6).",
     )
     arm_variant_label: str = Field(
