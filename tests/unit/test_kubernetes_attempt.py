@@ -36,7 +36,7 @@ def fresh_state(monkeypatch):
     monkeypatch.setattr(attempt, "_swept", set())
     monkeypatch.setattr(attempt, "_used", {})
     monkeypatch.setattr(attempt, "_owners", {})
-    monkeypatch.setattr(attempt, "_installed", False)
+    monkeypatch.setattr(attempt, "_stopped", set())
     monkeypatch.setattr(client, "_live_jobs", {})
 
 
@@ -110,6 +110,19 @@ def test_sigterm_with_the_default_action_still_terminates(monkeypatch):
     assert raised == [signal.SIGTERM]
 
 
+def test_a_stopped_flow_run_starts_no_new_job_until_the_next_run(monkeypatch):
+    """A build task retried after SIGTERM deleted its Job must not create another."""
+    api = fake_api()
+    monkeypatch.setattr(attempt, "flow_run_owner", lambda api: None)
+    attempt.start_attempt(api, "9b2f", emit=lambda _: None)
+    attempt.delete_attempt_jobs()
+    with pytest.raises(attempt.AttemptStopped, match="flow run 9b2f was stopped"):
+        attempt.start_attempt(api, "9b2f", emit=lambda _: None)
+    attempt.start_attempt(api, "other-flow-run", emit=lambda _: None)
+    attempt.allow_new_jobs()  # the next run's preflight (a flow retry)
+    attempt.start_attempt(api, "9b2f", emit=lambda _: None)
+
+
 def test_the_handler_is_installed_once_over_the_current_one(monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(attempt, "delete_attempt_jobs", lambda: calls.append("deleted"))
@@ -123,6 +136,20 @@ def test_the_handler_is_installed_once_over_the_current_one(monkeypatch):
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert calls == ["deleted", "prefect"]
+
+
+def test_prefects_own_handler_is_left_in_place():
+    """Prefect 3.9 acknowledges a reschedule only while its bridge is the SIGTERM handler
+    (else its supervisor SIGKILLs the engine); its TerminationSignal reaches stop_all."""
+    from prefect.utilities.engine import _prefect_sigterm_handler
+
+    previous = signal.signal(signal.SIGTERM, _prefect_sigterm_handler)
+    try:
+        assert attempt.is_prefect_handler(_prefect_sigterm_handler)
+        assert not attempt.install_sigterm_cleanup()
+        assert signal.getsignal(signal.SIGTERM) is _prefect_sigterm_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_worker_threads_install_nothing():

@@ -27,6 +27,7 @@ from multiarch.results import BuildResult, PlatformImage
 from multiarch.runners import RunContext
 from multiarch.runners.kubernetes.attempt import (
     ATTEMPT,
+    allow_new_jobs,
     attempt_run_id,
     delete_attempt_jobs,
     install_sigterm_cleanup,
@@ -112,6 +113,7 @@ class KubernetesRunner:
 
     def preflight(self, request: BuildRequest) -> list[str]:
         install_sigterm_cleanup()  # here, on the main thread: builds run in worker threads
+        allow_new_jobs()
         return preflight(request.runner.kubernetes)
 
     def build(self, request: BuildRequest, source: PinnedSource, platform: Platform,
