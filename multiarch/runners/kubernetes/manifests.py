@@ -120,8 +120,10 @@ def node_selector(platform: Platform, options: KubernetesOptions) -> dict[str, s
 
 
 # The containers that open the container store: buildah builds there, and skopeo exports
-# from it. skopeo without CAP_SYS_ADMIN takes itself for rootless and enters a user
-# namespace, which a pod cannot map; so the export needs what the build needs.
+# from it. skopeo opening a store without the capabilities it wants (below) re-executes
+# itself in a user namespace, which fails in a pod (measured with every capability
+# dropped: "writing 0 0 1 to gid_map: operation not permitted"); so the export needs what
+# the build needs. skopeo between layouts and registries (push, publish) needs nothing.
 STORE_STEPS = frozenset({"build", "export"})
 
 # Every other container (prepare, fetch, push, publish): root in the image, as the tools
@@ -147,10 +149,10 @@ def security_context(options: KubernetesOptions, *, step: str = "build") -> dict
     privileged: simplest and works with overlay and chroot isolation everywhere.
     minimal: no privileged flag; SYS_ADMIN (overlay and chroot-isolation mounts), SYS_CHROOT
     (missing from CRI-O's default set), SETFCAP (files with capabilities in layers), MKNOD
-    (device nodes in layers; skopeo wants it); the
-    RuntimeDefault seccomp filter allows mount and unshare once SYS_ADMIN is held, but the
-    default AppArmor profile denies mount, hence Unconfined AppArmor. No /dev/fuse: a
-    hostPath device is blocked by the device cgroup (docs/kubernetes.md, step 6).
+    (device nodes in layers; skopeo wants it). The RuntimeDefault seccomp filter allows
+    mount and unshare once SYS_ADMIN is held, but the default AppArmor profile denies
+    mount, hence Unconfined AppArmor. No /dev/fuse: a hostPath device is blocked by the
+    device cgroup (docs/kubernetes.md, step 6).
     """
     if step not in STORE_STEPS:
         return copy.deepcopy(UNPRIVILEGED)
