@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 
-from multiarch.runners.kubernetes import attempt, client
+from multiarch.platforms import Platform
+from multiarch.request import BuildRequest, RunnerOptions
+from multiarch.runners.kubernetes import attempt, client, runner
+from multiarch.runners.kubernetes.watch import JobOutcome
+from multiarch.source import PinnedSource
 
 
 class FakeBatch:
@@ -33,6 +37,7 @@ def fake_api(namespace: str = "multiarch") -> Any:
 @pytest.fixture(autouse=True)
 def fresh_state(monkeypatch):
     monkeypatch.setattr(attempt, "ATTEMPT", "a1b2c3d4")
+    monkeypatch.setattr(runner, "ATTEMPT", "a1b2c3d4")
     monkeypatch.setattr(attempt, "_swept", set())
     monkeypatch.setattr(attempt, "_used", {})
     monkeypatch.setattr(attempt, "_owners", {})
@@ -158,3 +163,28 @@ def test_worker_threads_install_nothing():
     thread.start()
     thread.join()
     assert answers == [False]
+
+
+def test_a_build_job_carries_the_attempt_its_owner_and_the_attempts_paths(monkeypatch):
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "flow", "uid": "u"}
+    started: list[dict] = []
+    monkeypatch.setattr(runner, "connect", lambda options: fake_api())
+    monkeypatch.setattr(attempt, "flow_run_owner", lambda api: owner)
+
+    def run_job(api: Any, manifest: dict, **_: Any) -> JobOutcome:
+        started.append(manifest)
+        return JobOutcome(job="j", pod="p", termination_message="sha256:" + "a" * 64)
+
+    monkeypatch.setattr(runner, "run_job", run_job)
+    source = PinnedSource(kind="git", location="https://git.example.com/hello.git",
+                          revision="0" * 40, ref="main")
+    request = BuildRequest(image="registry.example.com/team/hello:1.0",
+                           platforms=("linux/arm64",), context=source.location,
+                           runner=RunnerOptions(kind="kubernetes"))
+    built = runner.build_platform_job(request, source, Platform.parse("linux/arm64"),
+                                      run_id=attempt.attempt_run_id("f00d"),
+                                      flow_run_id="f0-0d", emit=lambda _: None)
+    (manifest,) = started
+    assert manifest["metadata"]["ownerReferences"] == [owner]
+    assert manifest["metadata"]["labels"]["multiarch.dev/attempt"] == "a1b2c3d4"
+    assert built.layout == "/shared/f00d-a1b2c3d4/linux-arm64"
