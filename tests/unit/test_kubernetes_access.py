@@ -173,3 +173,17 @@ def test_no_owner_across_namespaces(tmp_path):
     account = _service_account(tmp_path, namespace="prefect")
     assert flow_run_owner(fake_api(pod=pod), env=env, service_account_dir=account) is None
     assert flow_run_owner(fake_api(pod=pod), env={}, service_account_dir=account) is None
+
+
+def test_a_server_without_access_reviews_is_named(monkeypatch):
+    from kubernetes.client.rest import ApiException
+
+    class NoReviews:
+        def create_self_subject_access_review(self, body: Any, **_: Any) -> Any:
+            raise ApiException(status=404, reason="Not Found")
+
+    api = fake_api()
+    api.authorization = NoReviews()
+    monkeypatch.setattr(kube_client, "connect", lambda options: api)
+    with pytest.raises(ConfigurationError, match="SelfSubjectAccessReview"):
+        kube_client.preflight(KubernetesOptions())

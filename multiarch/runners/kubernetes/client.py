@@ -90,16 +90,27 @@ def preflight(options: KubernetesOptions) -> list[str]:
     """Before any build: the cluster answers, and we hold every permission the runner uses
     (all missing ones named at once, before any Job exists)."""
     api = connect(options)
-    try:
-        require_permissions(api.authorization, api.namespace)
-    except (ApiException, urllib3.exceptions.HTTPError) as exc:
-        raise api_error(exc, what="asking the API server for the runner's permissions") \
-            from exc
+    _check_permissions(api)
     try:
         api.batch.list_namespaced_job(api.namespace, limit=1, _request_timeout=30)
     except (ApiException, urllib3.exceptions.HTTPError) as exc:
         raise api_error(exc, what=f"listing Jobs in namespace {api.namespace}") from exc
     return [f"kubernetes: namespace {api.namespace} reachable, permissions granted"]
+
+
+def _check_permissions(api: KubeApi) -> None:
+    what = "asking the API server for the runner's permissions"
+    try:
+        require_permissions(api.authorization, api.namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise ConfigurationError(
+                f"{what}: no authorization.k8s.io/v1 SelfSubjectAccessReview, which every "
+                "Kubernetes API server serves: does the kubeconfig point at Kubernetes?"
+            ) from exc
+        raise api_error(exc, what=what) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        raise api_error(exc, what=what) from exc
 
 
 _live_jobs: dict[tuple[str, str], KubeApi] = {}
