@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from kubernetes.client.rest import ApiException
 
 from multiarch.errors import ConfigurationError
 from multiarch.runners.kubernetes import client as kube_client
@@ -176,8 +177,6 @@ def test_no_owner_across_namespaces(tmp_path):
 
 
 def test_a_server_without_access_reviews_is_named(monkeypatch):
-    from kubernetes.client.rest import ApiException
-
     class NoReviews:
         def create_self_subject_access_review(self, body: Any, **_: Any) -> Any:
             raise ApiException(status=404, reason="Not Found")
