@@ -15,6 +15,7 @@ from multiarch.runners.kubernetes.manifests import (
     build_job,
     label_value,
     node_selector,
+    owner_reference,
     platform_job,
     pod_paths,
     publish_job,
@@ -78,7 +79,11 @@ def test_build_job_for_arm64_is_exactly_this():
             "args": argv[1:],
             "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
             "volumeMounts": mounts,
-            "securityContext": {"privileged": True},
+            "securityContext": {"privileged": True} if name in ("build", "export") else {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
             "terminationMessagePath": "/dev/termination-log",
             "terminationMessagePolicy": "File",
         }
@@ -202,15 +207,68 @@ def test_placement_adds_selector_tolerations_and_resources():
     assert "tolerations" not in other["spec"]
 
 
-def test_minimal_security_uses_capabilities_and_dev_fuse_not_privileged():
+UNPRIVILEGED = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+MINIMAL = {
+    "privileged": False,
+    "capabilities": {"add": ["SYS_ADMIN", "SYS_CHROOT", "SETFCAP", "MKNOD"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+    "appArmorProfile": {"type": "Unconfined"},
+}
+
+
+def _contexts(pod: dict) -> dict[str, dict]:
+    return {c["name"]: c["securityContext"] for c in [*pod.get("initContainers", []),
+                                                       *pod["containers"]]}
+
+
+@pytest.mark.parametrize("security", ["privileged", "minimal"])
+@pytest.mark.parametrize("handoff", ["shared", "registry"])
+def test_only_the_store_steps_get_privileges(security, handoff):
+    """buildah and the export from its store need mounts; prepare, git, push hold none."""
+    req = request(security=security).model_copy(update={"handoff": handoff})
+    pod = platform_job(req, SOURCE, Platform.parse("linux/arm64"), run_id="r",
+                       flow_run_id="f")["spec"]["template"]["spec"]
+    store = {"privileged": True} if security == "privileged" else MINIMAL
+    expected = {"prepare": UNPRIVILEGED, "fetch": UNPRIVILEGED, "build": store, "export": store}
+    if handoff == "registry":
+        expected["push"] = UNPRIVILEGED
+    assert _contexts(pod) == expected
+
+
+@pytest.mark.parametrize("security", ["privileged", "minimal"])
+def test_the_publish_container_holds_no_privileges(security):
+    pod = publish_manifest(registry_secret="reg", security=security)["spec"]["template"]["spec"]
+    assert _contexts(pod) == {"publish": UNPRIVILEGED}
+
+
+def test_minimal_security_mounts_no_host_device():
+    """docs/kubernetes.md: a hostPath /dev/fuse is blocked by the device cgroup."""
     pod = manifest_for("linux/amd64", security="minimal")["spec"]["template"]["spec"]
-    for c in [*pod["initContainers"], *pod["containers"]]:
-        assert c["securityContext"]["privileged"] is False
-        assert "SYS_ADMIN" in c["securityContext"]["capabilities"]["add"]
-        assert {"name": "dev-fuse", "mountPath": "/dev/fuse"} in c["volumeMounts"]
-    assert {"name": "dev-fuse", "hostPath": {"path": "/dev/fuse", "type": "CharDevice"}} in pod[
-        "volumes"
-    ]
+    assert not any("hostPath" in volume for volume in pod["volumes"])
+    assert all(m["name"] != "dev-fuse" for c in [*pod["initContainers"], *pod["containers"]]
+               for m in c["volumeMounts"])
+
+
+def test_jobs_carry_the_attempt_label_and_the_owner():
+    owner = owner_reference(name="flow-run-abc", uid="1234-uid")
+    req = request()
+    build = platform_job(req, SOURCE, Platform.parse("linux/amd64"), run_id="r",
+                         flow_run_id="f", attempt="a1b2", owner=owner)
+    publish = publish_job(publish_spec_step(PublishSpec(
+        image=req.image, tags=req.all_tags, insecure=False, source=SOURCE, images=(),
+        index_dir="/shared/r/index"), result_file="/dev/termination-log"),
+        options=req.runner.kubernetes, flow_run_id="f", image_name=req.image.name,
+        timeout_s=60, attempt="a1b2", owner=owner)
+    for job in (build, publish):
+        assert job["metadata"]["ownerReferences"] == [
+            {"apiVersion": "batch/v1", "kind": "Job", "name": "flow-run-abc", "uid": "1234-uid"}]
+        assert job["metadata"]["labels"]["multiarch.dev/attempt"] == "a1b2"
+        assert job["spec"]["template"]["metadata"]["labels"]["multiarch.dev/attempt"] == "a1b2"
+    assert "ownerReferences" not in manifest_for("linux/amd64")["metadata"]
 
 
 def test_build_jobs_never_see_registry_credentials():
@@ -319,9 +377,19 @@ VARIANTS = [
 ]
 
 
+# `minimal` sets the container's appArmorProfile, a field since Kubernetes 1.30.
+MINIMAL_SINCE = 30
+
+
 @pytest.mark.parametrize("version", SCHEMA_VERSIONS)
 def test_every_manifest_validates_against_the_official_schema(version):
-    manifests = [manifest_for(platform, **kube) for platform, kube in VARIANTS]
+    minor = int(version.split(".")[1])
+    variants = [(platform, kube) for platform, kube in VARIANTS
+                if kube.get("security") != "minimal" or minor >= MINIMAL_SINCE]
+    manifests = [manifest_for(platform, **kube) for platform, kube in variants]
     manifests += [publish_manifest(), publish_manifest(registry_secret="reg", security="minimal")]
+    owner = owner_reference(name="flow-run-job", uid="0b9c-uid")
+    manifests.append(platform_job(request(), SOURCE, Platform.parse("linux/arm64"), run_id="r",
+                                  flow_run_id="f", attempt="a1b2", owner=owner))
     for manifest in manifests:
         kubernetes_validate.validate(manifest, version, strict=True)

@@ -17,6 +17,7 @@ from kubernetes.client.rest import ApiException
 
 from multiarch.errors import ConfigurationError, MultiarchError, TransientError
 from multiarch.runners.kubernetes.options import KubernetesOptions
+from multiarch.runners.kubernetes.permissions import require_permissions
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class KubeApi:
     batch: client.BatchV1Api
     core: client.CoreV1Api
     namespace: str
+
+    @property
+    def authorization(self) -> client.AuthorizationV1Api:
+        return client.AuthorizationV1Api(self.api_client)
 
 
 def connect(options: KubernetesOptions) -> KubeApi:
@@ -70,8 +75,7 @@ def api_error(exc: Exception, *, what: str) -> MultiarchError:
         if exc.status in (401, 403):
             return ConfigurationError(
                 f"{what}: forbidden ({exc.status}): grant the service account the Role in "
-                "deployments/kubernetes (jobs create/get/list/watch/delete, pods get/list/"
-                "watch, pods/log get, events list/watch)"
+                "deployments/kubernetes (the runner's preflight names what is missing)"
             )
         if exc.status == 404:
             return ConfigurationError(f"{what}: not found: does the namespace exist?")
@@ -83,17 +87,35 @@ def api_error(exc: Exception, *, what: str) -> MultiarchError:
 
 
 def preflight(options: KubernetesOptions) -> list[str]:
-    """Before any build: the cluster answers and we may manage Jobs in the namespace."""
+    """Before any build: the cluster answers, and we hold every permission the runner uses
+    (all missing ones named at once, before any Job exists)."""
     api = connect(options)
+    _check_permissions(api)
     try:
         api.batch.list_namespaced_job(api.namespace, limit=1, _request_timeout=30)
     except (ApiException, urllib3.exceptions.HTTPError) as exc:
         raise api_error(exc, what=f"listing Jobs in namespace {api.namespace}") from exc
-    return [f"kubernetes: namespace {api.namespace} reachable"]
+    return [f"kubernetes: namespace {api.namespace} reachable, permissions granted"]
+
+
+def _check_permissions(api: KubeApi) -> None:
+    what = "asking the API server for the runner's permissions"
+    try:
+        require_permissions(api.authorization, api.namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise ConfigurationError(
+                f"{what}: no authorization.k8s.io/v1 SelfSubjectAccessReview, which every "
+                "Kubernetes API server serves: does the kubeconfig point at Kubernetes?"
+            ) from exc
+        raise api_error(exc, what=what) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        raise api_error(exc, what=what) from exc
 
 
 _live_jobs: dict[tuple[str, str], KubeApi] = {}
-_live_lock = threading.Lock()
+# Re-entrant: the SIGTERM handler runs on the main thread, maybe inside one of these blocks.
+_live_lock = threading.RLock()
 
 
 def track_job(api: KubeApi, name: str) -> None:

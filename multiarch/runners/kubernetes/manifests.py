@@ -8,6 +8,7 @@ pinned by nodeSelector to a node of the platform's architecture.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +25,11 @@ LABEL_FLOW_RUN = "multiarch.dev/flow-run-id"
 LABEL_PLATFORM = "multiarch.dev/platform"
 LABEL_IMAGE = "multiarch.dev/image"
 LABEL_COMPONENT = "app.kubernetes.io/component"
+# One process is one attempt of a flow run (a rescheduled run is a new pod, same flow-run
+# id): this label tells this attempt's Jobs from a previous attempt's leftovers.
+LABEL_ATTEMPT = "multiarch.dev/attempt"
+# On a Node: "true" when it runs its containers under emulation (QEMU), not natively.
+ANNOTATION_EMULATED = "multiarch.dev/emulated"
 
 # In-pod paths. Container storage sits on an emptyDir (local disk): overlay fails on NFS.
 SHARED_MOUNT = "/shared"
@@ -74,7 +80,7 @@ def pod_paths(run_id: str, platform: Platform, options: KubernetesOptions | None
 
 
 def job_labels(*, component: str, flow_run_id: str, image_name: str,
-               platform: Platform | None) -> dict[str, str]:
+               platform: Platform | None, attempt: str | None = None) -> dict[str, str]:
     labels = {
         "app.kubernetes.io/name": APP_NAME,
         "app.kubernetes.io/managed-by": APP_NAME,
@@ -84,7 +90,17 @@ def job_labels(*, component: str, flow_run_id: str, image_name: str,
     }
     if platform is not None:
         labels[LABEL_PLATFORM] = label_value(platform.slug)
+    if attempt is not None:
+        labels[LABEL_ATTEMPT] = label_value(attempt)
     return labels
+
+
+def owner_reference(*, name: str, uid: str) -> dict[str, str]:
+    """The flow-run pod's Job as owner: the garbage collector deletes our Jobs with it.
+
+    Not a controller reference (no controller manages these Jobs for it), and no
+    blockOwnerDeletion, which would need `update` on the owner's finalizers."""
+    return {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid}
 
 
 def generate_name(image_name: str, suffix: str) -> str:
@@ -103,21 +119,50 @@ def node_selector(platform: Platform, options: KubernetesOptions) -> dict[str, s
     return selector
 
 
-def security_context(options: KubernetesOptions) -> dict[str, Any]:
-    """What buildah needs in a pod.
+# The containers that open the container store: buildah builds there, and skopeo exports
+# from it. skopeo opening a store without the capabilities it wants (below) re-executes
+# itself in a user namespace, which fails in a pod (measured with every capability
+# dropped: "writing 0 0 1 to gid_map: operation not permitted"); so the export needs what
+# the build needs. skopeo between layouts and registries (push, publish) needs nothing.
+STORE_STEPS = frozenset({"build", "export"})
+
+# Every other container (prepare, fetch, push, publish): root in the image, as the tools
+# expect (runAsNonRoot is not set), but with no capabilities, no way to gain any, and the
+# runtime's seccomp filter. Pod Security "restricted" minus runAsNonRoot.
+UNPRIVILEGED = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+# `minimal`: added to the runtime's default set, which containerd and CRI-O both fill with
+# CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETUID and SETGID (RUN steps that install or switch
+# users). skopeo 1.9 wants CHOWN, DAC_OVERRIDE, FOWNER, FSETID, MKNOD and SETFCAP, or it
+# re-executes itself in a one-uid user namespace and cannot read files of other owners:
+# CRI-O's set lacks MKNOD and SETFCAP (measured: the export fails without them).
+MINIMAL_CAPABILITIES = ("SYS_ADMIN", "SYS_CHROOT", "SETFCAP", "MKNOD")
+
+
+def security_context(options: KubernetesOptions, *, step: str = "build") -> dict[str, Any]:
+    """What a container may do: only the store steps get more than nothing.
 
     privileged: simplest and works with overlay and chroot isolation everywhere.
-    minimal: no privileged flag; SYS_ADMIN (chroot isolation mounts /proc and /sys in the
-    build root), SYS_CHROOT (not granted by default on CRI-O), SETFCAP (files with capabilities
-    in layers), unconfined seccomp, and
-    /dev/fuse from the host for fuse-overlayfs (see `pod_volumes`).
+    minimal: no privileged flag; SYS_ADMIN (overlay and chroot-isolation mounts), SYS_CHROOT
+    (missing from CRI-O's default set), SETFCAP (files with capabilities in layers), MKNOD
+    (device nodes in layers; skopeo wants it). The RuntimeDefault seccomp filter allows
+    mount and unshare once SYS_ADMIN is held, but the default AppArmor profile denies
+    mount, hence Unconfined AppArmor. No /dev/fuse: a hostPath device is blocked by the
+    device cgroup (docs/kubernetes.md, step 6).
     """
+    if step not in STORE_STEPS:
+        return copy.deepcopy(UNPRIVILEGED)
     if options.security == "privileged":
         return {"privileged": True}
     return {
         "privileged": False,
-        "capabilities": {"add": ["SYS_ADMIN", "SYS_CHROOT", "SETFCAP"]},
-        "seccompProfile": {"type": "Unconfined"},
+        "capabilities": {"add": list(MINIMAL_CAPABILITIES)},
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "appArmorProfile": {"type": "Unconfined"},
     }
 
 
@@ -133,7 +178,7 @@ def container(step: Step, *, options: KubernetesOptions, mounts: Sequence[Mappin
         "args": [escape_expansion(arg) for arg in step.argv[1:]],
         "env": [{"name": k, "value": v} for k, v in env.items()],
         "volumeMounts": [dict(m) for m in mounts],
-        "securityContext": security_context(options),
+        "securityContext": security_context(options, step=step.name),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
     }
@@ -150,9 +195,6 @@ def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool,
         {"name": "workspace", "emptyDir": {}},
         {"name": "storage", "emptyDir": {}},
     ]
-    if options.security == "minimal":
-        volumes.append({"name": "dev-fuse",
-                        "hostPath": {"path": "/dev/fuse", "type": "CharDevice"}})
     if with_registry_auth and options.registry_secret:
         volumes.append({"name": "registry-auth", "secret": {
             "secretName": options.registry_secret,
@@ -173,8 +215,6 @@ def _mounts(options: KubernetesOptions, *, shared: bool = True) -> list[dict[str
         {"name": "workspace", "mountPath": WORKSPACE_MOUNT},
         {"name": "storage", "mountPath": STORAGE_MOUNT},
     ]
-    if options.security == "minimal":
-        mounts.append({"name": "dev-fuse", "mountPath": "/dev/fuse"})
     return mounts
 
 
@@ -183,10 +223,12 @@ def job_manifest(
     name_prefix: str, timeout_s: int, selector: Mapping[str, str] | None,
     tolerations: Sequence[Mapping[str, Any]] = (), resources: Mapping[str, Any] | None = None,
     push_steps: Sequence[str] = (), shared: bool = True,
+    owner: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One Job running `steps` in order; only the steps named in `push_steps` see registry
     credentials, only the fetch step git credentials (as a mounted file, never a value).
-    `shared`: mount the shared handoff volume (not needed by the registry handoff)."""
+    `shared`: mount the shared handoff volume (not needed by the registry handoff).
+    `owner`: an `owner_reference`, set when the flow runs in a pod of the same namespace."""
     if not steps:
         raise ValueError("a Job needs at least one step")
     mounts = _mounts(options, shared=shared)
@@ -217,11 +259,14 @@ def job_manifest(
         pod_spec["nodeSelector"] = dict(selector)
     if tolerations:
         pod_spec["tolerations"] = [dict(t) for t in tolerations]
+    metadata: dict[str, Any] = {"generateName": name_prefix, "namespace": options.namespace,
+                                "labels": dict(labels)}
+    if owner is not None:
+        metadata["ownerReferences"] = [dict(owner)]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"generateName": name_prefix, "namespace": options.namespace,
-                     "labels": dict(labels)},
+        "metadata": metadata,
         "spec": {
             "backoffLimit": 0,  # Prefect owns retries
             "activeDeadlineSeconds": timeout_s,
@@ -233,7 +278,8 @@ def job_manifest(
 
 def build_job(steps: Sequence[Step], *, platform: Platform, options: KubernetesOptions,
               flow_run_id: str, image_name: str, timeout_s: int,
-              handoff: str = "shared", cache: str = "none") -> dict[str, Any]:
+              handoff: str = "shared", cache: str = "none", attempt: str | None = None,
+              owner: Mapping[str, str] | None = None) -> dict[str, Any]:
     """A platform's Job. Registry handoff: no shared volume, and the push step gets the
     registry Secret; registry cache: the build step too (it pulls and pushes cache layers).
     No other step sees registry credentials."""
@@ -242,32 +288,35 @@ def build_job(steps: Sequence[Step], *, platform: Platform, options: KubernetesO
     return job_manifest(
         steps, options=options,
         labels=job_labels(component="build", flow_run_id=flow_run_id, image_name=image_name,
-                          platform=platform),
+                          platform=platform, attempt=attempt),
         name_prefix=generate_name(image_name, platform.slug), timeout_s=timeout_s,
         selector=node_selector(platform, options), tolerations=placement.tolerations,
-        resources=placement.resources, shared=shared,
+        resources=placement.resources, shared=shared, owner=owner,
         push_steps=(*(() if shared else ("push",)), *(("build",) if cache == "registry" else ())),
     )
 
 
 def publish_job(step: Step, *, options: KubernetesOptions, flow_run_id: str, image_name: str,
                 timeout_s: int, selector: Mapping[str, str] | None = None,
-                shared: bool = True) -> dict[str, Any]:
+                shared: bool = True, attempt: str | None = None,
+                owner: Mapping[str, str] | None = None) -> dict[str, Any]:
     return job_manifest(
         [step], options=options,
         labels=job_labels(component="publish", flow_run_id=flow_run_id, image_name=image_name,
-                          platform=None),
+                          platform=None, attempt=attempt),
         name_prefix=generate_name(image_name, "publish"), timeout_s=timeout_s,
-        selector=selector, push_steps=(step.name,), shared=shared,
+        selector=selector, push_steps=(step.name,), shared=shared, owner=owner,
     )
 
 
 def platform_job(request: BuildRequest, source: PinnedSource, platform: Platform, *,
-                 run_id: str, flow_run_id: str) -> dict[str, Any]:
+                 run_id: str, flow_run_id: str, attempt: str | None = None,
+                 owner: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The whole Job for one platform of a request: prepare the layout, then the plan."""
     paths = pod_paths(run_id, platform, request.runner.kubernetes, handoff=request.handoff)
     plan = plan_build(request, source, platform, paths, run_id=run_id)
     return build_job((prepare_layout_step(plan.layout), *plan.steps), platform=platform,
                      options=request.runner.kubernetes, flow_run_id=flow_run_id,
                      image_name=request.image.name, timeout_s=request.runner.timeout_s,
-                     handoff=request.handoff, cache=request.cache)
+                     handoff=request.handoff, cache=request.cache, attempt=attempt,
+                     owner=owner)

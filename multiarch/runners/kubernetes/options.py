@@ -85,8 +85,10 @@ class KubernetesOptions(BaseModel):
     )
     security: Literal["privileged", "minimal"] = Field(
         "privileged",
-        description="privileged: simplest, works everywhere; minimal: SYS_ADMIN + /dev/fuse, "
-        "no privileged flag (see docs/kubernetes.md).",
+        description="Privileges of the build and export containers (every other container "
+        "has none). privileged: simplest, works everywhere; minimal: SYS_ADMIN, SYS_CHROOT, "
+        "SETFCAP, MKNOD, RuntimeDefault seccomp, Unconfined AppArmor, Kubernetes 1.30+ "
+        "(docs/kubernetes.md, step 6).",
     )
     arm_variant_label: str = Field(
         DEFAULT_ARM_VARIANT_LABEL,

@@ -1,7 +1,5 @@
 """The Kubernetes runner: one Job per platform on a native node, watched, streamed, deleted.
 
-This is the only module that imports the Kubernetes client.
-
 Why not prefect-kubernetes' `KubernetesJob` for these Jobs: measured on 0.8.0, it polls
 in a busy loop when a Job has neither active pods nor conditions (so its timeout never
 fires), counts poll intervals instead of wall-clock time, refuses `generateName`, deletes
@@ -27,7 +25,15 @@ from multiarch.publish import PublishSpec, publish_spec_step
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
 from multiarch.runners import RunContext
-from multiarch.runners.kubernetes.client import connect, delete_all_jobs, preflight
+from multiarch.runners.kubernetes.attempt import (
+    ATTEMPT,
+    allow_new_jobs,
+    attempt_run_id,
+    delete_attempt_jobs,
+    install_sigterm_cleanup,
+    start_attempt,
+)
+from multiarch.runners.kubernetes.client import connect, preflight
 from multiarch.runners.kubernetes.logs import Emit
 from multiarch.runners.kubernetes.manifests import (
     SHARED_MOUNT,
@@ -49,9 +55,12 @@ def build_platform_job(request: BuildRequest, source: PinnedSource, platform: Pl
             credential_lines(git_credentials_block(request)):
         emit(f"[{platform}] this run has git credentials, but they never go into a Job spec: "
              "the fetch pod gets them only from runner.kubernetes.git_credentials_secret")
-    manifest = platform_job(request, source, platform, run_id=run_id, flow_run_id=flow_run_id)
+    api = connect(options)
+    owner = start_attempt(api, flow_run_id, emit=emit)
+    manifest = platform_job(request, source, platform, run_id=run_id, flow_run_id=flow_run_id,
+                            attempt=ATTEMPT, owner=owner)
     started = time.monotonic()
-    outcome = run_job(connect(options), manifest, label=f"[{platform}]",
+    outcome = run_job(api, manifest, label=f"[{platform}]",
                       timeout_s=request.runner.timeout_s,
                       unschedulable_grace_s=options.unschedulable_grace_s, emit=emit)
     digest = outcome.termination_message.strip()
@@ -84,11 +93,13 @@ def publish_job_run(request: BuildRequest, source: PinnedSource, images: list[Pl
     options = request.runner.kubernetes
     spec = publish_spec(request, source, images, run_id=run_id, annotations=annotations)
     step = publish_spec_step(spec, result_file=TERMINATION_LOG)
+    api = connect(options)
+    owner = start_attempt(api, flow_run_id, emit=emit)
     manifest = publish_job(step, options=options, flow_run_id=flow_run_id,
                            image_name=request.image.name, timeout_s=PUBLISH_TIMEOUT_S,
                            selector={"kubernetes.io/os": "linux"},
-                           shared=request.handoff == "shared")
-    outcome = run_job(connect(options), manifest, label="[publish]", timeout_s=PUBLISH_TIMEOUT_S,
+                           shared=request.handoff == "shared", attempt=ATTEMPT, owner=owner)
+    outcome = run_job(api, manifest, label="[publish]", timeout_s=PUBLISH_TIMEOUT_S,
                       unschedulable_grace_s=options.unschedulable_grace_s, emit=emit)
     try:
         return BuildResult.model_validate(json.loads(outcome.termination_message))
@@ -101,17 +112,19 @@ class KubernetesRunner:
     """Builds in Jobs on native nodes; publishes in a Job too (volume and Secret are there)."""
 
     def preflight(self, request: BuildRequest) -> list[str]:
+        install_sigterm_cleanup()  # here, on the main thread: builds run in worker threads
+        allow_new_jobs()
         return preflight(request.runner.kubernetes)
 
     def build(self, request: BuildRequest, source: PinnedSource, platform: Platform,
               run: RunContext) -> PlatformImage:
-        return build_platform_job(request, source, platform, run_id=run.run_id,
+        return build_platform_job(request, source, platform, run_id=attempt_run_id(run.run_id),
                                   flow_run_id=run.flow_run_id, emit=run.log.info)
 
     def publish(self, request: BuildRequest, source: PinnedSource,
                 images: list[PlatformImage], run: RunContext,
                 annotations: Mapping[str, str] | None = None) -> BuildResult:
-        return publish_job_run(request, source, images, run_id=run.run_id,
+        return publish_job_run(request, source, images, run_id=attempt_run_id(run.run_id),
                                flow_run_id=run.flow_run_id, emit=run.log.info,
                                annotations=annotations)
 
@@ -120,7 +133,7 @@ class KubernetesRunner:
         Job removes it) or in the registry, and each Job is deleted when it ends."""
 
     def stop(self) -> None:
-        delete_all_jobs()
+        delete_attempt_jobs()
 
 
 RUNNER = KubernetesRunner()
