@@ -25,6 +25,7 @@ from multiarch.platforms import Platform
 from multiarch.request import BuildRequest
 from multiarch.runners import stop_all
 from multiarch.runners.kubernetes import runner as kube_runner
+from multiarch.runners.kubernetes.attempt import ATTEMPT, attempt_run_id
 from multiarch.runners.kubernetes.manifests import LABEL_PLATFORM, platform_job
 from multiarch.runners.kubernetes.options import KubernetesOptions
 from multiarch.source import PinnedSource
@@ -161,6 +162,8 @@ def test_flow_publishes_a_two_platform_index_through_jobs(
             == {"amd64": "x86_64", "arm64": "aarch64"}[platform.platform.architecture]
         )
         assert platform.size > 0
+        # the arm64 node runs its containers under QEMU and says so (node annotation)
+        assert platform.emulated == (platform.platform.architecture == "arm64")
         (scratch / "g").mkdir()
         greeting = read_image_file(
             f"{image}@{platform.digest}", "/etc/greeting", scratch=scratch / "g"
@@ -194,9 +197,10 @@ def test_flow_publishes_a_two_platform_index_through_jobs(
     epoch = int(git("log", "-1", "--format=%ct", cwd=tmp_path / "repo"))
     source = PinnedSource(kind="git", location=context, ref="HEAD", revision=revision,
                           epoch=epoch)
-    run_id = flow_run_id.hex
+    run_id = attempt_run_id(flow_run_id.hex)
     sent = platform_job(
-        request, source, Platform.parse("linux/arm64"), run_id=run_id, flow_run_id=str(flow_run_id)
+        request, source, Platform.parse("linux/arm64"), run_id=run_id,
+        flow_run_id=str(flow_run_id), attempt=ATTEMPT,
     )
     assert_carries(arm_job, sent)
     assert not (nfs_dir(cluster) / run_id).exists(), "the handoff directory was not cleaned"
@@ -419,7 +423,7 @@ def test_credentials_block_gives_cluster_access(cluster, prefect_server):
     KubernetesCredentials(cluster_config=cluster_config).save("test-cluster", overwrite=True)
     options = KubernetesOptions(credentials_block="test-cluster", namespace=cluster.namespace)
     assert kube_runner.preflight(options) == [
-        f"kubernetes: namespace {cluster.namespace} reachable"
+        f"kubernetes: namespace {cluster.namespace} reachable, permissions granted"
     ]
 
 

@@ -26,7 +26,7 @@ from prefect.server.schemas.actions import WorkPoolCreate
 from prefect.utilities.schema_tools.validation import is_valid_schema, validate
 from prefect_kubernetes.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
 
-from multiarch.runners.kubernetes.permissions import REQUIRED, granted_by_rules
+from multiarch.runners.kubernetes.permissions import NODE_READ, REQUIRED, granted_by_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deployments" / "kubernetes"
@@ -93,6 +93,8 @@ def test_base_renders_exactly_the_documented_objects(rendered: list[dict[str, An
         ("ServiceAccount", NAMESPACE, "multiarch-builder"),
         ("Role", NAMESPACE, "multiarch-builder"),
         ("RoleBinding", NAMESPACE, "multiarch-builder"),
+        ("ClusterRole", None, "multiarch-builder-nodes"),
+        ("ClusterRoleBinding", None, "multiarch-builder-nodes"),
         ("PersistentVolume", None, "multiarch-shared-nfs"),
         ("PersistentVolumeClaim", NAMESPACE, "multiarch-shared"),
         ("Secret", NAMESPACE, "multiarch-registry"),
@@ -119,6 +121,17 @@ def test_role_grants_exactly_what_the_runner_requires(rendered: list[dict[str, A
         assert set(rule) == {"apiGroups", "resources", "verbs"}, f"unexpected keys in {rule}"
         assert "*" not in [*rule["apiGroups"], *rule["resources"], *rule["verbs"]]
     assert sorted(granted_by_rules(role["rules"])) == sorted(REQUIRED)
+
+
+def test_cluster_role_grants_exactly_node_reads(rendered: list[dict[str, Any]]) -> None:
+    """Cluster-wide, the runner may only read Nodes (permissions.NODE_READ)."""
+    role = _one(rendered, "ClusterRole", "multiarch-builder-nodes")
+    assert sorted(granted_by_rules(role["rules"])) == sorted(NODE_READ)
+    binding = _one(rendered, "ClusterRoleBinding", "multiarch-builder-nodes")
+    assert binding["roleRef"]["name"] == "multiarch-builder-nodes"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "multiarch-builder", "namespace": NAMESPACE}
+    ]
 
 
 def test_role_binding_gives_the_role_to_the_flow_run_account(

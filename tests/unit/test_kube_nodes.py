@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from multiarch.runners.kubernetes.diagnostics import Verdict
+from multiarch.runners.kubernetes.manifests import ANNOTATION_EMULATED
 from multiarch.runners.kubernetes.nodes import (
-    EMULATED_ANNOTATION,
     diagnose_node_loss,
     node_emulates,
     node_not_ready,
@@ -60,7 +60,7 @@ TAINT_MANAGER_CONDITIONS = [
 def node(ready="True", reason="KubeletReady", emulated=None):
     annotations = {"node.alpha.kubernetes.io/ttl": "0"}
     if emulated is not None:
-        annotations[EMULATED_ANNOTATION] = emulated
+        annotations[ANNOTATION_EMULATED] = emulated
     return {"metadata": {"name": "arm64-b", "annotations": annotations,
                          "labels": {"kubernetes.io/arch": "arm64", "kubernetes.io/os": "linux"}},
             "status": {"conditions": [

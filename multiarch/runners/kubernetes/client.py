@@ -17,7 +17,11 @@ from kubernetes.client.rest import ApiException
 
 from multiarch.errors import ConfigurationError, MultiarchError, TransientError
 from multiarch.runners.kubernetes.options import KubernetesOptions
-from multiarch.runners.kubernetes.permissions import require_permissions
+from multiarch.runners.kubernetes.permissions import (
+    NODE_READ,
+    missing_permissions,
+    require_permissions,
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,12 @@ def preflight(options: KubernetesOptions) -> list[str]:
         api.batch.list_namespaced_job(api.namespace, limit=1, _request_timeout=30)
     except (ApiException, urllib3.exceptions.HTTPError) as exc:
         raise api_error(exc, what=f"listing Jobs in namespace {api.namespace}") from exc
-    return [f"kubernetes: namespace {api.namespace} reachable, permissions granted"]
+    notes = [f"kubernetes: namespace {api.namespace} reachable, permissions granted"]
+    if missing_permissions(api.authorization, "", NODE_READ):
+        notes.append("kubernetes: cannot get nodes, so builds are reported as native and a "
+                     "lost node is seen from its pods only: apply deployments/kubernetes "
+                     "(ClusterRole multiarch-builder-nodes) to let the runner read Nodes")
+    return notes
 
 
 def _check_permissions(api: KubeApi) -> None:

@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from multiarch.runners.kubernetes.diagnostics import Diagnosis, Verdict
+from multiarch.runners.kubernetes.manifests import ANNOTATION_EMULATED
 
-EMULATED_ANNOTATION = "multiarch.dev/emulated"  # "true": the node runs containers under QEMU
 DELETION_SLACK = timedelta(seconds=30)  # past deletionTimestamp + this, the node is not acting
 NODE_LOSS_REASONS = frozenset({"NodeLost", "DeletionByTaintManager", "DeletionByPodGC"})
 
@@ -27,7 +27,7 @@ NODE_LOSS_REASONS = frozenset({"NodeLost", "DeletionByTaintManager", "DeletionBy
 def node_emulates(node: Mapping[str, Any] | None) -> bool:
     """The node's own word; an unreadable node (403: no ClusterRole) counts as native."""
     annotations = ((node or {}).get("metadata") or {}).get("annotations") or {}
-    return annotations.get(EMULATED_ANNOTATION) == "true"
+    return annotations.get(ANNOTATION_EMULATED) == "true"
 
 
 def node_not_ready(node: Mapping[str, Any] | None) -> str | None:

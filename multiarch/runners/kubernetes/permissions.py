@@ -57,6 +57,13 @@ REQUIRED: tuple[Permission, ...] = (
 )
 
 
+# Cluster-scoped, from the ClusterRole multiarch-builder-nodes: the Node a build ran on
+# says whether it runs containers under emulation (annotation multiarch.dev/emulated) and
+# whether it is Ready. Optional: without it `emulated` reads false and a lost node is seen
+# from its pods alone, so the preflight says so and goes on.
+NODE_READ: tuple[Permission, ...] = (Permission("get", "", "nodes"),)
+
+
 def granted_by_rules(rules: Iterable[Mapping[str, Any]]) -> set[Permission]:
     """The permissions a Role's rules give (no wildcards: the shipped Role names each)."""
     granted: set[Permission] = set()
@@ -79,7 +86,7 @@ class AccessReviews(Protocol):
 def review(permission: Permission, namespace: str) -> client.V1SelfSubjectAccessReview:
     return client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
         resource_attributes=client.V1ResourceAttributes(
-            namespace=namespace, verb=permission.verb, group=permission.group,
+            namespace=namespace or None, verb=permission.verb, group=permission.group,
             resource=permission.resource, subresource=permission.subresource or None,
         )))
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from multiarch.runners.kubernetes.manifests import ANNOTATION_EMULATED
 from tests.cluster.agent import server
 from tests.cluster.agent.events import EventRecorder
 from tests.cluster.agent.kubeapi import ApiError, KubeApi, Obj, now_micro, now_rfc3339
@@ -32,7 +33,6 @@ from tests.cluster.agent.podstatus import Outcome, disruption
 
 log = logging.getLogger(__name__)
 
-EMULATED_ANNOTATION = "multiarch.dev/emulated"
 LEASE_NAMESPACE = "kube-node-lease"
 LEASE_RENEW_S = 2.0
 STATUS_EVERY_S = 10.0
@@ -71,7 +71,7 @@ class NodeAgent:
                      "ephemeral-storage": "100Gi"}
         annotations = {"node.alpha.kubernetes.io/ttl": "0"}
         if self.emulated:
-            annotations[EMULATED_ANNOTATION] = "true"
+            annotations[ANNOTATION_EMULATED] = "true"
         return {
             "apiVersion": "v1",
             "kind": "Node",
