@@ -42,6 +42,10 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The NFS server and export named by deployments/kubernetes/shared-volume.yaml; the agents
 # serve it from a directory (there is no kernel NFS here).
 BUNDLE_NFS_EXPORT = "nfs.example.internal:/exports/multiarch"
+# The builder image's WORKDIR (deployments/builder/Containerfile): the project, where the
+# flow-run pod's pull step looks for it. Until the agents run images (issue 11), the
+# checkout appears there in every container.
+BUILDER_WORKDIR = "/opt/multiarch-builder"
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,7 @@ def start_node(state: ClusterState, ca: pki.Authority, spec: NodeSpec, *,
         argv.append("--emulated")
     for key, value in spec.labels.items():
         argv += ["--label", f"{key}={value}"]
+    argv += ["--image-dir", f"{BUILDER_WORKDIR}={binary.REPO_ROOT}"]
     for export, directory in state.nfs_exports.items():
         argv += ["--nfs-export", f"{export}={directory}"]
     supervisor.start(_service(state_dir, f"node-{spec.name}", argv,

@@ -21,7 +21,8 @@ boundary with the real control plane. It talks to the real kube-apiserver as
 - serves `/containerLogs/...` over HTTPS with client-certificate authentication, so
   `pods/log` goes through the API server's proxy (`server.py`, `logs.py`).
 
-It does NOT: run images (the host's filesystem is every image; issue 11 changes that),
+It does NOT: run images (the host's filesystem is every image, plus the checkout at the
+builder image's WORKDIR /opt/multiarch-builder, read-only; issue 11 changes that),
 enforce resource limits (a test hook stands in for the OOM killer), restart containers
 (restartPolicy Always/OnFailure run once), run probes, give pods their own network (all
 share the host's; KUBERNETES_SERVICE_HOST is 127.0.0.1), mount NFS (an NFS

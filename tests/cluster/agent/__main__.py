@@ -11,6 +11,7 @@ from pathlib import Path
 from tests.cluster.agent.kubeapi import KubeApi
 from tests.cluster.agent.kubelet import KubeletConfig
 from tests.cluster.agent.node import NodeAgent
+from tests.cluster.agent.runtime import Mount
 
 
 def main() -> None:
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--container-path", required=True)
     parser.add_argument("--nfs-export", action="append", default=[])
+    parser.add_argument("--image-dir", action="append", default=[],
+                        help="PATH=DIR: DIR appears read-only at PATH in every container")
     parser.add_argument("--node-status-grace-s", type=float, default=40)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -42,6 +45,8 @@ def main() -> None:
                   "KUBERNETES_SERVICE_HOST": "127.0.0.1",
                   "KUBERNETES_SERVICE_PORT": args.api.rsplit(":", 1)[1]},
         max_grace_s=10.0,
+        image_mounts=[Mount(Path(d.split("=", 1)[1]), d.split("=", 1)[0], read_only=True)
+                      for d in args.image_dir],
     )
     labels = dict(item.split("=", 1) for item in args.label)
 

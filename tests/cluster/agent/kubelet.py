@@ -58,6 +58,9 @@ class KubeletConfig:
     state_dir: Path
     nfs_exports: dict[str, Path]
     base_env: dict[str, str]
+    # What every container sees besides its volumes: the builder image's files that the
+    # host lacks (the project at its WORKDIR), read-only.
+    image_mounts: list[Mount] = field(default_factory=list)
     unpullable_images: set[str] = field(default_factory=set)
     oom_containers: set[str] = field(default_factory=set)  # container names to OOM-kill
     max_grace_s: float = 2.0  # termination grace periods are capped at this
@@ -317,7 +320,7 @@ class PodWorker:
         state.mkdir(parents=True, exist_ok=True)
         termination_log = state / "termination-log"
         termination_log.write_bytes(b"")
-        mounts = container_mounts(container, volumes)
+        mounts = [*self.config.image_mounts, *container_mounts(container, volumes)]
         mounts.append(
             Mount(termination_log, container.get("terminationMessagePath", "/dev/termination-log"))
         )
