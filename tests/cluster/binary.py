@@ -24,10 +24,15 @@ NAME = "controlplane"
 
 
 def cache_key() -> str:
-    digest = hashlib.sha256()
+    """The pins, the program and how it is linked: any change means another binary."""
+    digest = hashlib.sha256(" ".join(_build_flags()).encode())
     for name in KEYED_FILES:
         digest.update(name.encode() + b"\0" + (MODULE / name).read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _build_flags() -> list[str]:
+    return ["-trimpath", "-buildvcs=false", f"-ldflags={_ldflags()}"]
 
 
 def kubernetes_version() -> str:
@@ -69,7 +74,7 @@ def ensure_binary(state_root: Path, *, log: bool = True) -> Path:
                   f"(cold: minutes; cached as {target})", file=sys.stderr, flush=True)
         started = time.monotonic()
         subprocess.run(
-            [go, "build", "-trimpath", f"-ldflags={_ldflags()}", "-o", str(partial), "."],
+            [go, "build", *_build_flags(), "-o", str(partial), "."],
             cwd=MODULE, check=True,
         )
         partial.rename(target)

@@ -178,6 +178,12 @@ class Cluster:
     def agent_errors(self) -> list[str]:
         return [e for n in self.state.nodes for e in self._control(n, "GET", "/state")["errors"]]
 
+    def pause_heartbeat(self, name: str, *, paused: bool = True) -> None:
+        """The node stops (or resumes) renewing its Lease and Ready condition; its pods
+        keep running (a network partition, as the control plane sees it)."""
+        self._control(self.node(name), "POST",
+                      f"/heartbeat?paused={'true' if paused else 'false'}")
+
     def lose_node(self, name: str) -> None:
         """Power the node off: its processes die, it stops heartbeating and reporting."""
         self._control(self.node(name), "POST", "/lose")
