@@ -100,7 +100,9 @@ class KubernetesOptions(BaseModel):
         "keyed by platform (linux/arm/v7).",
     )
     unschedulable_grace_s: Annotated[int, Cli("--unschedulable-grace")] = Field(
-        60, ge=0, description="How long a pod may stay unschedulable before the build fails."
+        60, ge=0, description="How long a pod may stay unschedulable while nodes of its "
+        "architecture exist but have no room (none exists: 15 s; a scale-up under way: "
+        "until timeout_s)."
     )
     ttl_after_finished_s: int = Field(
         3600, ge=0, description="Backstop: Kubernetes deletes finished Jobs after this."
