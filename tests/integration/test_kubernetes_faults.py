@@ -370,6 +370,40 @@ def test_sigterm_to_the_run_leaves_no_job(cluster, playground, prefect_server, t
     assert tag_digest(str(request.image)) is None
 
 
+def test_sigterm_to_a_rescheduling_flow_run_leaves_no_job(cluster, playground, prefect_server,
+                                                        tmp_path):
+    """What the Prefect kubernetes worker runs with `backoff_limit: 0`: `prefect flow-run
+    execute` with PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule. SIGTERM reaches it
+    (the flow-run pod evicted): the supervisor reschedules the run for a next attempt, and
+    this attempt's build Job is gone, not left running into the next one. (The state the
+    run ends in after that is the flow's own business, flows/build.py.)"""
+    from prefect.deployments import run_deployment
+
+    from flows.build import build_multiarch_image
+
+    source = make_repo(tmp_path / "repo", SLOW)
+    request = make_request(cluster, playground, source, name="kube-sigterm-reschedule")
+    deployment = build_multiarch_image.to_deployment(name="faults-sigterm").apply()
+    flow_run = run_deployment(deployment, timeout=0,
+                              parameters=request.model_dump(mode="json", exclude_defaults=True))
+    env = {**os.environ, "PREFECT_API_URL": prefect_server,
+           "PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "reschedule"}
+    process = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "flow-run",
+                                "execute", str(flow_run.id)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        cluster.wait_for(running_step(cluster, "build"), timeout=120, what="the build step")
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "Flow run successfully rescheduled." in output, output
+    cluster.wait_for(lambda: cluster.jobs() == [] and cluster.pods() == [], timeout=10,
+                     what="the attempt's Job and pod to be deleted")
+
+
 # --- fix 7: no node of the architecture, or one on its way ---------------------------------
 
 
