@@ -47,6 +47,7 @@ from multiarch.runners.kubernetes.manifests import (
 )
 from multiarch.runners.kubernetes.options import KubernetesOptions
 from multiarch.runners.kubernetes.permissions import REQUIRED
+from multiarch.runners.kubernetes.scheduling import NO_NODE_NOTICE_S
 from multiarch.source import PinnedSource
 from tests.cluster.controlplane import NODE_GRACE_S, NodeSpec
 from tests.cluster.handle import Cluster, Obj
@@ -435,7 +436,7 @@ def scale_up_event(pod: Obj) -> client.CoreV1Event:
 
 
 def test_a_scale_up_under_way_is_waited_for(cluster, playground, tmp_path):
-    grace = 4
+    grace = 6
     source = make_repo(tmp_path / "repo", NO_RUN)
     request = make_request(cluster, playground, source, platform="linux/s390x",
                            name="kube-scaleup", unschedulable_grace_s=grace)
@@ -445,7 +446,7 @@ def test_a_scale_up_under_way_is_waited_for(cluster, playground, tmp_path):
         pod = cluster.wait_for(lambda: next(iter(cluster.pods()), None), timeout=30,
                                what="the s390x pod")
         cluster.core.create_namespaced_event(cluster.namespace, scale_up_event(pod))
-        time.sleep(grace + 16)  # past the grace, and past the no-node notice
+        time.sleep(max(grace, NO_NODE_NOTICE_S) + 4)  # past the grace and the no-node notice
         assert worker.is_alive(), outcome
         cluster.add_node(NodeSpec("node-s390x", "s390x"))
         worker.join(180)
