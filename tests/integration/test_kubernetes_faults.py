@@ -107,6 +107,13 @@ def build(request: BuildRequest, source: PinnedSource, *, lines: list[str] | Non
         flow_run_id=flow_run_id or f"faults-{uuid.uuid4().hex[:8]}", emit=emit)
 
 
+class _Discard:
+    """A run's log nobody reads (the test reads the exception)."""
+
+    def info(self, msg: str, /) -> None:
+        pass
+
+
 def timed_failure(run: Callable[[], object], expected: type[BaseException]
                   ) -> tuple[BaseException, float]:
     started = time.monotonic()
@@ -239,11 +246,6 @@ def test_a_role_without_one_verb_is_named_exactly(cluster, account, tmp_path):
     assert f"lacks 1 permission(s) in namespace {cluster.namespace}: watch batch/jobs:" \
         in str(failure)
     assert cluster.created_jobs() == []
-
-
-class _Discard:
-    def info(self, msg: str, /) -> None:
-        pass
 
 
 # --- fix 3: failures without a running pod are seen within seconds -----------------------
