@@ -14,6 +14,7 @@ from multiarch.request import BuildRequest, RunnerOptions
 from multiarch.runners.kubernetes.manifests import (
     build_job,
     label_value,
+    node_lost_tolerations,
     node_selector,
     owner_reference,
     platform_job,
@@ -115,6 +116,13 @@ def test_build_job_for_arm64_is_exactly_this():
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "nodeSelector": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "arm64"},
+                    # a lost node's pod goes after 60 s, not Kubernetes' 300 s
+                    "tolerations": [
+                        {"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                         "effect": "NoExecute", "tolerationSeconds": 60},
+                        {"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+                         "effect": "NoExecute", "tolerationSeconds": 60},
+                    ],
                     "initContainers": [
                         step(
                             "fetch",
@@ -201,10 +209,24 @@ def test_placement_adds_selector_tolerations_and_resources():
     manifest = manifest_for("linux/arm64", placements={"linux/aarch64": pi})
     pod = manifest["spec"]["template"]["spec"]
     assert pod["nodeSelector"]["node.example.com/board"] == "rpi4"
-    assert pod["tolerations"] == pi.tolerations
+    assert pod["tolerations"][:1] == pi.tolerations
     assert all(c["resources"] == pi.resources for c in [*pod["initContainers"], *pod["containers"]])
     other = manifest_for("linux/amd64", placements={"linux/arm64": pi})["spec"]["template"]
-    assert "tolerations" not in other["spec"]
+    assert other["spec"]["tolerations"] == node_lost_tolerations(KubernetesOptions())
+
+
+def test_a_lost_node_s_pod_goes_after_the_configured_toleration():
+    """Kubernetes' default keeps a pod on an unreachable node 300 s; a placement that
+    tolerates one of those taints itself keeps its own toleration for it."""
+    own = {"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+           "effect": "NoExecute", "tolerationSeconds": 900}
+    manifest = manifest_for("linux/arm64", node_lost_toleration_s=5,
+                            placements={"linux/arm64": PlatformPlacement(tolerations=[own])})
+    assert manifest["spec"]["template"]["spec"]["tolerations"] == [
+        own, {"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+              "effect": "NoExecute", "tolerationSeconds": 5}]
+    with pytest.raises(ValueError, match="node_lost_toleration_s"):
+        KubernetesOptions(node_lost_toleration_s=0)
 
 
 UNPRIVILEGED = {

@@ -162,6 +162,19 @@ def test_a_silent_node_is_noticed_from_its_ready_condition(monkeypatch):
         follow(FakeWatch(pod_change(running_pod()), pod_change(not_ready)), api)
 
 
+def test_a_silent_node_is_noticed_while_the_pod_runs_its_init_containers(monkeypatch):
+    """Build steps are init containers: the pod stays Pending (not Ready) nearly all along."""
+    monkeypatch.setattr(follower_module, "NODE_REFRESH_S", 0.0)
+    answers = iter([node(), node("Unknown", "NodeStatusUnknown")])
+    api = fake_api()
+    api.core.read_node = lambda name, **_: Raw(next(answers))
+    initialising = running_pod(conditions=[{"type": "Ready", "status": "False",
+                                            "reason": "ContainersNotReady"}])
+    initialising["status"]["phase"] = "Pending"
+    with pytest.raises(TransientError, match="NodeStatusUnknown"):
+        follow(FakeWatch(pod_change(initialising)), api)
+
+
 NO_ARM64 = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": "0/2 nodes are available: 2 node(s) didn't match Pod's node "
                        "affinity/selector. preemption: 0/2 nodes are available: 2 Preemption "

@@ -295,10 +295,15 @@ def _failure(diagnosis: Diagnosis, *, label: str, tail: list[str]) -> MultiarchE
 
 
 def _looks_lost(pod: Mapping[str, Any]) -> bool:
-    """Worth a look at the node: marked for deletion, or Running but not Ready."""
+    """Worth a look at the node: marked for deletion, or placed and not Ready. Pending
+    counts: every step but the last is an init container, so a build pod spends nearly
+    all its time Pending, and a lost node changes nothing in such a pod until the taint
+    manager deletes it (measured on the test cluster: 72 s after the loss with a 60 s
+    toleration; 20 s once the node is read: its 12 s grace, then NODE_REFRESH_S at most)."""
     status = pod.get("status") or {}
+    placed = bool((pod.get("spec") or {}).get("nodeName"))
     return bool((pod.get("metadata") or {}).get("deletionTimestamp")) or (
-        status.get("phase") == "Running" and any(
+        placed and status.get("phase") in ("Running", "Pending") and any(
             c.get("type") == "Ready" and c.get("status") == "False"
             for c in status.get("conditions") or []))
 

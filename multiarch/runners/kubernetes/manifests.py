@@ -276,6 +276,23 @@ def job_manifest(
     }
 
 
+# The taints the node lifecycle controller puts on a node that stops reporting. Kubernetes
+# gives every pod 300 s of tolerance for them (DefaultTolerationSeconds); a build on a lost
+# node cannot finish, so ours say how soon the taint manager deletes the pod and the build
+# is retried elsewhere.
+NODE_LOST_TAINTS = ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")
+
+
+def node_lost_tolerations(options: KubernetesOptions, *,
+                          given: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """NoExecute tolerations of `node_lost_toleration_s` for the node-lost taints, except
+    for a taint the placement's own tolerations (`given`) already speak of."""
+    own = {t.get("key") for t in given}
+    return [{"key": key, "operator": "Exists", "effect": "NoExecute",
+             "tolerationSeconds": options.node_lost_toleration_s}
+            for key in NODE_LOST_TAINTS if key not in own]
+
+
 def build_job(steps: Sequence[Step], *, platform: Platform, options: KubernetesOptions,
               flow_run_id: str, image_name: str, timeout_s: int,
               handoff: str = "shared", cache: str = "none", attempt: str | None = None,
@@ -290,7 +307,9 @@ def build_job(steps: Sequence[Step], *, platform: Platform, options: KubernetesO
         labels=job_labels(component="build", flow_run_id=flow_run_id, image_name=image_name,
                           platform=platform, attempt=attempt),
         name_prefix=generate_name(image_name, platform.slug), timeout_s=timeout_s,
-        selector=node_selector(platform, options), tolerations=placement.tolerations,
+        selector=node_selector(platform, options),
+        tolerations=[*placement.tolerations,
+                     *node_lost_tolerations(options, given=placement.tolerations)],
         resources=placement.resources, shared=shared, owner=owner,
         push_steps=(*(() if shared else ("push",)), *(("build",) if cache == "registry" else ())),
     )
@@ -305,7 +324,8 @@ def publish_job(step: Step, *, options: KubernetesOptions, flow_run_id: str, ima
         labels=job_labels(component="publish", flow_run_id=flow_run_id, image_name=image_name,
                           platform=None, attempt=attempt),
         name_prefix=generate_name(image_name, "publish"), timeout_s=timeout_s,
-        selector=selector, push_steps=(step.name,), shared=shared, owner=owner,
+        selector=selector, tolerations=node_lost_tolerations(options),
+        push_steps=(step.name,), shared=shared, owner=owner,
     )
 
 

@@ -104,6 +104,12 @@ class KubernetesOptions(BaseModel):
         "architecture exist but have no room (none exists: 15 s; a scale-up under way: "
         "until timeout_s)."
     )
+    node_lost_toleration_s: int = Field(
+        60, ge=1,
+        description="How long a build or publish pod stays bound to a node that stopped "
+        "reporting (NotReady, unreachable) before Kubernetes deletes it and the build is "
+        "retried on another node; Kubernetes' default is 300.",
+    )
     ttl_after_finished_s: int = Field(
         3600, ge=0, description="Backstop: Kubernetes deletes finished Jobs after this."
     )
