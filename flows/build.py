@@ -69,6 +69,9 @@ def build_multiarch_image(**parameters: Any) -> BuildResult | State:
         with watch_for_cancellation():
             return build_and_publish(request)
     except (TerminationSignal, KeyboardInterrupt) as exc:
+        if supervisor_sets_state():
+            stop_all()
+            raise
         return stop_and_cancel(exc)
 
 
@@ -145,6 +148,18 @@ def build_and_publish(request: BuildRequest) -> BuildResult:
     )
     steps.log.info(f"published {result.pull_reference} as tags {', '.join(result.tags)}")
     return result
+
+
+def supervisor_sets_state() -> bool:
+    """Prefect's runner was asked to reschedule this run (the Kubernetes worker's
+    `backoff_limit: 0` sets PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule) or to
+    relinquish it: it writes the run's next state itself, and a Cancelled returned here
+    would replace that, so the next attempt would never run. The builds stop either way."""
+    try:
+        from prefect._internal.control_listener import get_intent  # Prefect 3.9's own
+    except ImportError:
+        return False
+    return get_intent() in ("reschedule", "relinquish")
 
 
 def stop_and_cancel(exc: BaseException) -> State:

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from prefect.client.orchestration import get_client
 
 from multiarch.errors import ConfigurationError, TransientError
 from multiarch.orchestrate import build_and_publish
@@ -377,9 +378,9 @@ def test_sigterm_to_a_rescheduling_flow_run_leaves_no_job(cluster, playground, p
                                                         tmp_path):
     """What the Prefect kubernetes worker runs with `backoff_limit: 0`: `prefect flow-run
     execute` with PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule. SIGTERM reaches it
-    (the flow-run pod evicted): the supervisor reschedules the run for a next attempt, and
-    this attempt's build Job is gone, not left running into the next one. (The state the
-    run ends in after that is the flow's own business, flows/build.py.)"""
+    (the flow-run pod evicted): the supervisor reschedules the run for a next attempt, the
+    run stays Scheduled (not Cancelled by the flow), and this attempt's build Job is gone,
+    not left running into the next one."""
     from prefect.deployments import run_deployment
 
     from flows.build import build_multiarch_image
@@ -405,6 +406,9 @@ def test_sigterm_to_a_rescheduling_flow_run_leaves_no_job(cluster, playground, p
     assert "Flow run successfully rescheduled." in output, output
     cluster.wait_for(lambda: cluster.jobs() == [] and cluster.pods() == [], timeout=10,
                      what="the attempt's Job and pod to be deleted")
+    with get_client(sync_client=True) as prefect:
+        state = prefect.read_flow_run(flow_run.id).state
+    assert state is not None and state.is_scheduled(), state
 
 
 # --- fix 7: no node of the architecture, or one on its way ---------------------------------
