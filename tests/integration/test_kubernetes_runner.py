@@ -226,7 +226,7 @@ def test_no_node_of_the_architecture_fails_fast_with_a_clear_message(
     assert "kubernetes.io/arch=s390x" in message
     assert "didn't match Pod's node affinity/selector" in message  # the scheduler's words
     assert "add a node labelled kubernetes.io/arch=s390x" in message
-    assert elapsed < 120
+    assert elapsed < 60  # the flow around it included; the runner gives up within 15 s
     assert tag_digest(f"{playground.address}/tests/kube-noarch:1") is None
 
 
