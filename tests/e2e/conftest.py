@@ -5,6 +5,8 @@ command as `make serve` (`python -m devtools serve`), on a free port with all st
 temporary directory, and stopped by the same command as `make stop`. The registry and the
 base image come from the integration tests' `playground` fixture (declared again here, so
 it is visible to tests/e2e; in a full run it is a second, independent instance).
+`kubernetes_worker` adds a Prefect Kubernetes worker for the stack's multiarch-k8s pool,
+against the session's test cluster (tests/cluster).
 """
 
 from __future__ import annotations
@@ -239,4 +241,5 @@ def kubernetes_worker(stack: Stack, kube_session: Any) -> Iterator[KubernetesWor
         yield KubernetesWorker(log_file=service.log_file, pid=record.pid)
     finally:
         stopped = supervisor.stop(name=service.name, state_dir=service.state_dir)
-        assert stopped.stopped, f"the Kubernetes worker had died before teardown: {stopped}"
+        # Stopped by SIGTERM alone: it shuts down cleanly while the server and cluster run.
+        assert str(stopped).endswith("(SIGTERM)"), f"the Kubernetes worker: {stopped}"

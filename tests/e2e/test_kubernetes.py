@@ -235,10 +235,16 @@ def test_build_kubernetes_deployment_runs_through_the_kubernetes_worker(
 
     # Left behind: only the flow-run Job and its Succeeded pod, kept by the template's
     # ttlSecondsAfterFinished (a day) for `kubectl logs`; the runner deleted its own Jobs.
+    # (Jobs go at once; their pods a moment later, once the node has stopped them.)
     assert [j["metadata"]["name"] for j in cluster.jobs()] == [flow_job_name]
     assert flow_job["spec"]["ttlSecondsAfterFinished"] == 86400
-    assert [p["metadata"]["name"] for p in cluster.pods()] == [flow_pod["metadata"]["name"]]
-    assert cluster.pods()[0]["status"]["phase"] == "Succeeded"
+    def only_one_pod() -> list[dict[str, Any]]:
+        found = cluster.pods()
+        return found if len(found) == 1 else []
+
+    [left] = cluster.wait_for(only_one_pod, timeout=30, what="the build and publish pods to go")
+    assert left["metadata"]["name"] == flow_pod["metadata"]["name"]
+    assert left["status"]["phase"] == "Succeeded"
 
 
 def test_deleting_the_flow_run_job_garbage_collects_the_build_jobs(
