@@ -157,6 +157,23 @@ def delete_flow_run_job(cluster: Any, name: str) -> None:
                                         propagation_policy="Background")
 
 
+def assert_from_the_pool_template(job: dict[str, Any], stack: Stack) -> None:
+    """The flow-run Job is the pool's base job template with its defaults and the
+    deployment's job variables (the builder image)."""
+    image = stack.deployment("build-kubernetes")["job_variables"]["image"]
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "multiarch-builder"
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    [volume] = pod["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == "multiarch-shared"
+    [container] = pod["containers"]
+    assert (container["image"], container["imagePullPolicy"]) == (image, "IfNotPresent")
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PREFECT_API_URL"] == stack.api_url
+
+
 def diagnostics(stack: Stack, worker: KubernetesWorker, done: Any = None) -> str:
     out = f"{done.stdout[-3000:]}\n{done.stderr[-2000:]}\n" if done is not None else ""
     return out + worker.log() + "\n" + stack.logs()
@@ -207,10 +224,12 @@ def test_build_kubernetes_deployment_runs_through_the_kubernetes_worker(
     by_flow = [e for e in creations if LABEL_COMPONENT in labels(e["requestObject"])]
     assert len(by_worker) == 1 and len(by_flow) == 3, [e["user"] for e in creations]
     assert by_worker[0]["user"]["username"] == "kubernetes-admin"
+    assert_from_the_pool_template(by_worker[0]["requestObject"], stack)
     [flow_job] = flow_run_jobs(cluster, flow_run_id)  # kept by the template's TTL
     flow_job_name = flow_job["metadata"]["name"]
     [flow_pod] = pods.with_label("job-name", flow_job_name)
     assert flow_pod["spec"]["serviceAccountName"] == "multiarch-builder"
+    print(f"flow-run pod ran on {flow_pod['spec']['nodeName']}")
     for entry in by_flow:
         assert entry["user"]["username"] == RUNNER_ACCOUNT
         assert entry["user"]["extra"]["authentication.kubernetes.io/pod-name"] == [
