@@ -346,3 +346,59 @@ def test_cancelling_the_flow_run_removes_its_builds(
                if labels(e["requestObject"]).get(FLOW_RUN_LABEL) == flow_run_id]
     assert len(created) == 1, "the cancelled run was started again"
     assert tag_digest(image) is None
+
+
+def test_draining_the_flow_run_pod_stops_its_builds(
+    stack: Stack, kubernetes_worker: KubernetesWorker, cluster: Any, playground: Any,
+    tmp_path: Path,
+) -> None:
+    """`kubectl drain` evicts the flow-run pod while both builds run (Eviction API: the
+    pod is deleted with its grace period, so the flow gets SIGTERM): its builds are
+    deleted at once and nothing is published.
+
+    What happens to the run is a race today: the template's backoffLimit 0 makes
+    prefect-kubernetes ask for a reschedule on SIGTERM
+    (PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule), while the flow turns the
+    signal into a stop (flows/build.py, stop_and_cancel). Either the run ends Cancelled
+    ("cancelled (SIGTERM)"), or Prefect reschedules it and the worker starts a second
+    flow-run Job for the same flow-run id; the test then cancels that attempt too."""
+    context = make_repo(tmp_path / "repo", SLOW_CONTAINERFILE)
+    image = f"{playground.address}/e2e/kube-drained:latest"
+    flow_run_id, done = run_deployment(
+        stack, "build-kubernetes", run_params(playground, image=image, context=context),
+        watch=False)
+    wait_for_both_builds(stack, kubernetes_worker, cluster, flow_run_id, done)
+    [flow_job] = flow_run_jobs(cluster, flow_run_id)
+    [flow_pod] = [p for p in cluster.pods()
+                  if labels(p).get("job-name") == flow_job["metadata"]["name"]]
+    name = flow_pod["metadata"]["name"]
+    assert len([j for j in cluster.jobs() if LABEL_COMPONENT in labels(j)]) == 2
+    cluster.core.create_namespaced_pod_eviction(name, cluster.namespace, {
+        "apiVersion": "policy/v1", "kind": "Eviction",
+        "metadata": {"name": name, "namespace": cluster.namespace}})
+    evicted = time.monotonic()
+    cluster.wait_for(lambda: not [j for j in cluster.jobs() if LABEL_COMPONENT in labels(j)]
+                     and not [p for p in cluster.pods() if LABEL_COMPONENT in labels(p)],
+                     timeout=GC_BOUND_S, what="the build Jobs and their pods to go")
+    print(f"\nbuild Jobs and pods gone {time.monotonic() - evicted:.1f} s after the eviction")
+
+    def outcome() -> str | None:
+        if stack.flow_run(flow_run_id)["state"]["type"] == "CANCELLED":
+            return "cancelled"
+        flow_run_jobs_created = [e for e in job_creations(cluster)
+                                 if labels(e["requestObject"]).get(FLOW_RUN_LABEL)
+                                 == flow_run_id]
+        return "rescheduled" if len(flow_run_jobs_created) == 2 else None
+
+    happened = cluster.wait_for(outcome, timeout=120, what="the run to end or be rescheduled")
+    print(f"the drained run was {happened}")
+    if happened == "cancelled":
+        assert "cancelled (SIGTERM)" in stack.flow_run(flow_run_id)["state"]["message"]
+    else:
+        answer = stack.prefect("flow-run", "cancel", flow_run_id)
+        assert answer.returncode == 0, answer.stdout + answer.stderr
+        [run] = stack.wait_for([flow_run_id], timeout_s=120)
+        assert run["state"]["type"] == "CANCELLED", run["state"]
+    cluster.wait_for(lambda: not [j for j in cluster.jobs() if LABEL_COMPONENT in labels(j)],
+                     timeout=GC_BOUND_S, what="the build Jobs to go")
+    assert tag_digest(image) is None
