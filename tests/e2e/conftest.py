@@ -5,6 +5,8 @@ command as `make serve` (`python -m devtools serve`), on a free port with all st
 temporary directory, and stopped by the same command as `make stop`. The registry and the
 base image come from the integration tests' `playground` fixture (declared again here, so
 it is visible to tests/e2e; in a full run it is a second, independent instance).
+`kubernetes_worker` adds a Prefect Kubernetes worker for the stack's multiarch-k8s pool,
+against the session's test cluster (tests/cluster).
 """
 
 from __future__ import annotations
@@ -182,3 +184,62 @@ def stack(playground: Playground, tmp_path_factory: pytest.TempPathFactory) -> I
         assert stopped.returncode == 0, f"devtools stop failed:\n{stopped.stdout}{stopped.stderr}"
         assert not left, "processes left behind by devtools stop:\n" + "\n".join(left)
         assert not list((state_dir / "serve").glob("*.pid")), "pid files left behind"
+
+
+KUBERNETES_POOL = "multiarch-k8s"
+KUBERNETES_WORKER = "multiarch-k8s-e2e"
+
+
+@dataclass(frozen=True)
+class KubernetesWorker:
+    """`prefect worker start --type kubernetes` for the stack's multiarch-k8s pool."""
+
+    log_file: Path
+    pid: int
+
+    def log(self, lines: int = 60) -> str:
+        text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        return f"--- {self.log_file} (last {lines} lines)\n" + "\n".join(
+            text.splitlines()[-lines:])
+
+
+def worker_heartbeat(stack: Stack, *, since: float) -> bool:
+    workers = stack.api("POST", f"/work_pools/{KUBERNETES_POOL}/workers/filter", {})
+    return any(
+        found["name"] == KUBERNETES_WORKER and found.get("last_heartbeat_time")
+        and timestamp(found["last_heartbeat_time"]).timestamp() >= since - 1
+        for found in workers
+    )
+
+
+@pytest.fixture(scope="module")
+def kubernetes_worker(stack: Stack, kube_session: Any) -> Iterator[KubernetesWorker]:
+    """The pool's worker as an operator runs it next to a cluster: outside it, with the
+    admin kubeconfig in KUBECONFIG (prefect-kubernetes tries the in-cluster config first,
+    then the kubeconfig). The flow-run pods it creates get the worker's Prefect settings
+    (PREFECT_API_URL on 127.0.0.1 is reachable: pods share the host's network) and run
+    as the template's ServiceAccount multiarch-builder, with their own in-cluster access."""
+    from devtools import supervisor
+
+    env = {**stack.env, "KUBECONFIG": str(kube_session.admin_kubeconfig)}
+    for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+        env.pop(name, None)
+    service = supervisor.Service(
+        name="k8s-worker",
+        argv=(str(PREFECT), "worker", "start", "--type", "kubernetes",
+              "--pool", KUBERNETES_POOL, "--name", KUBERNETES_WORKER),
+        state_dir=stack.state_dir / "k8s-worker",
+        label="the Kubernetes worker",
+        readiness=f"sending heartbeats for pool {KUBERNETES_POOL}",
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    since = time.time()
+    record = supervisor.start(service, timeout_s=SERVE_TIMEOUT_S,
+                              ready=lambda: worker_heartbeat(stack, since=since))
+    try:
+        yield KubernetesWorker(log_file=service.log_file, pid=record.pid)
+    finally:
+        stopped = supervisor.stop(name=service.name, state_dir=service.state_dir)
+        # Stopped by SIGTERM alone: it shuts down cleanly while the server and cluster run.
+        assert str(stopped).endswith("(SIGTERM)"), f"the Kubernetes worker: {stopped}"
