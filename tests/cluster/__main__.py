@@ -26,7 +26,7 @@ def main() -> int:
     print(f"Kubernetes {state.version} up in {time.monotonic() - started:.1f} s at "
           f"{state.api_url}; nodes: {nodes}")
     print(f"  export KUBECONFIG={state.kubeconfig.resolve()}")
-    print(f"  {Path(controlplane.binary.binary_path(Path('.local')).parent, 'kubectl')} "
+    print(f"  {controlplane.binary.kubectl_path()} "
           "get nodes -o wide")
     print("  make cluster-down   # stop it and remove its state")
     return 0

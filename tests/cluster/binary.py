@@ -60,6 +60,11 @@ def binary_path(state_root: Path) -> Path:
     return state_root.resolve() / "controlplane" / cache_key() / NAME
 
 
+def kubectl_path(state_root: Path = REPO_ROOT / ".local") -> Path:
+    """The `kubectl` link next to the binary (kubectl is one of its subcommands)."""
+    return binary_path(state_root).parent / "kubectl"
+
+
 def ensure_binary(state_root: Path, *, log: bool = True) -> Path:
     """The binary for the current pins, built when missing (with a `kubectl` link)."""
     target = binary_path(state_root)
@@ -82,7 +87,7 @@ def ensure_binary(state_root: Path, *, log: bool = True) -> Path:
         for old in target.parent.parent.iterdir():  # earlier pins: gone
             if old != target.parent:
                 shutil.rmtree(old, ignore_errors=True)
-    link = target.parent / "kubectl"
+    link = kubectl_path(state_root)
     if not link.exists():
         link.symlink_to(NAME)
     return target

@@ -169,7 +169,6 @@ def up(state_dir: Path, *, nodes: Sequence[NodeSpec] = DEFAULT_NODES,
                cert=admin.cert, key=admin.key)
     state.save()
     peer_port = free_port()
-    started: list[str] = []
     try:
         supervisor.start(_service(state_dir, "etcd", [
             program, "etcd", "--name", "test", "--data-dir", str(state_dir / "etcd"),
@@ -180,7 +179,6 @@ def up(state_dir: Path, *, nodes: Sequence[NodeSpec] = DEFAULT_NODES,
             "--initial-cluster", f"test=http://127.0.0.1:{peer_port}",
             "--unsafe-no-fsync", "--log-level", "warn",
         ], "etcd", state.etcd_port), timeout_s=START_TIMEOUT_S)
-        started.append("etcd")
         supervisor.start(_service(state_dir, "apiserver", [
             program, "apiserver",
             "--etcd-servers", f"http://127.0.0.1:{state.etcd_port}",
@@ -205,17 +203,10 @@ def up(state_dir: Path, *, nodes: Sequence[NodeSpec] = DEFAULT_NODES,
             "--audit-log-path", str(state_dir / "audit.log"), "--audit-log-format", "json",
         ], "kube-apiserver", state.api_port), timeout_s=START_TIMEOUT_S,
             ready=lambda: _api_ready(state, admin))
-        started.append("apiserver")
-        cm = pki.client_pair(ca, "controller-manager", "system:kube-controller-manager")
-        cm_config = kubeconfig(state_dir / "controller-manager.kubeconfig", server=state.api_url,
-                               ca=state.ca, user="system:kube-controller-manager",
-                               cert=cm.cert, key=cm.key)
         supervisor.start(_service(state_dir, "controller-manager", [
-            program, "controller-manager", "--kubeconfig", str(cm_config),
-            "--authentication-kubeconfig", str(cm_config),
-            "--authorization-kubeconfig", str(cm_config),
-            "--bind-address", "127.0.0.1", "--secure-port", str(free_port()),
-            "--leader-elect=false", "--use-service-account-credentials=true",
+            program, "controller-manager",
+            *_client_flags(state, ca, "controller-manager", "system:kube-controller-manager"),
+            "--use-service-account-credentials=true",
             "--service-account-private-key-file", str(sa.key),
             "--root-ca-file", str(state.ca), "--cluster-signing-cert-file", str(state.ca),
             "--cluster-signing-key-file", str(pki_dir / "ca.key"),
@@ -223,19 +214,10 @@ def up(state_dir: Path, *, nodes: Sequence[NodeSpec] = DEFAULT_NODES,
             "--node-monitor-period", f"{NODE_MONITOR_PERIOD_S}s",
             "--node-monitor-grace-period", f"{NODE_GRACE_S}s",
         ], "kube-controller-manager", None), timeout_s=START_TIMEOUT_S)
-        started.append("controller-manager")
-        sched = pki.client_pair(ca, "scheduler", "system:kube-scheduler")
-        sched_config = kubeconfig(state_dir / "scheduler.kubeconfig", server=state.api_url,
-                                  ca=state.ca, user="system:kube-scheduler",
-                                  cert=sched.cert, key=sched.key)
         supervisor.start(_service(state_dir, "scheduler", [
-            program, "scheduler", "--kubeconfig", str(sched_config),
-            "--authentication-kubeconfig", str(sched_config),
-            "--authorization-kubeconfig", str(sched_config),
-            "--bind-address", "127.0.0.1", "--secure-port", str(free_port()),
-            "--leader-elect=false",
+            program, "scheduler",
+            *_client_flags(state, ca, "scheduler", "system:kube-scheduler"),
         ], "kube-scheduler", None), timeout_s=START_TIMEOUT_S)
-        started.append("scheduler")
         for spec in nodes:
             start_node(state, ca, spec, container_path=container_path)
         wait_nodes_ready(state, [n.name for n in nodes])
@@ -243,6 +225,18 @@ def up(state_dir: Path, *, nodes: Sequence[NodeSpec] = DEFAULT_NODES,
         down(state_dir)
         raise
     return state
+
+
+def _client_flags(state: ClusterState, ca: pki.Authority, name: str, user: str) -> list[str]:
+    """What the controller-manager and the scheduler share: their own client certificate
+    (the bootstrap RBAC policy binds the user), one kubeconfig for access and for
+    delegated authentication/authorization, a loopback serving port, no leader election."""
+    pair = pki.client_pair(ca, name, user)
+    config = str(kubeconfig(Path(state.state_dir) / f"{name}.kubeconfig", server=state.api_url,
+                            ca=state.ca, user=user, cert=pair.cert, key=pair.key))
+    return ["--kubeconfig", config, "--authentication-kubeconfig", config,
+            "--authorization-kubeconfig", config, "--bind-address", "127.0.0.1",
+            "--secure-port", str(free_port()), "--leader-elect=false"]
 
 
 def start_node(state: ClusterState, ca: pki.Authority, spec: NodeSpec, *,

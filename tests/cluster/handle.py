@@ -8,6 +8,7 @@ injected through each agent's loopback control port (see agent/server.py).
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import subprocess
 import time
@@ -45,9 +46,9 @@ class Cluster:
     # --- set-up --------------------------------------------------------------------
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        program = Path(controlplane.binary.binary_path(REPO_ROOT / ".local")).parent / "kubectl"
-        return subprocess.run([str(program), "--kubeconfig", str(self.admin_kubeconfig), *args],
-                              capture_output=True, text=True, check=check)
+        argv = [str(controlplane.binary.kubectl_path()), "--kubeconfig",
+                str(self.admin_kubeconfig), *args]
+        return subprocess.run(argv, capture_output=True, text=True, check=check)
 
     def apply_bundle(self) -> None:
         """deployments/kubernetes exactly as a user applies it."""
@@ -209,6 +210,4 @@ class Cluster:
 
 
 def _epoch(stamp: str) -> float:
-    import datetime
-
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

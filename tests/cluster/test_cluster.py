@@ -83,7 +83,7 @@ def test_the_scheduler_places_jobs_by_architecture_and_logs_follow_through_the_a
         assert pod["spec"]["nodeName"] == "node-arm64"
         received: list[tuple[float, str]] = []
         follow = subprocess.Popen(
-            [str(binary.binary_path(binary.REPO_ROOT / ".local").parent / "kubectl"),
+            [str(binary.kubectl_path()),
              "--kubeconfig", str(kube_cluster.admin_kubeconfig), "-n", kube_cluster.namespace,
              "logs", "-f", pod["metadata"]["name"]],
             stdout=subprocess.PIPE, text=True)

@@ -18,8 +18,6 @@ see the host's filesystem), the base image and insecure_registry.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +30,7 @@ import pytest
 from multiarch.runners.kubernetes.manifests import LABEL_COMPONENT, LABEL_PLATFORM
 from tests.e2e.conftest import RUN_TIMEOUT_S, KubernetesWorker, Stack, run_deployment
 from tests.integration.conftest import skopeo_raw, tag_digest
+from tests.integration.git_repos import git, make_repo
 
 pytestmark = pytest.mark.e2e
 
@@ -53,23 +52,6 @@ ARCH_OF = {"linux-amd64": "amd64", "linux-arm64": "arm64"}
 WALL_TIME_BOUND_S = 600
 GC_BOUND_S = 30
 CANCEL_BOUND_S = 60
-
-
-def git(*args: str, cwd: Path) -> str:
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
-           "PATH": os.environ["PATH"], "HOME": str(cwd)}
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
-
-
-def make_repo(root: Path, containerfile: str) -> str:
-    root.mkdir()
-    git("init", "--quiet", "--initial-branch=main", cwd=root)
-    (root / "Containerfile").write_text(containerfile)
-    git("add", ".", cwd=root)
-    git("commit", "--quiet", "-m", "build me", cwd=root)
-    return f"file://{root}"
 
 
 def run_params(playground: Any, *, image: str, context: str) -> dict[str, Any]:
@@ -139,6 +121,19 @@ def running_builds(cluster: Any) -> list[dict[str, Any]]:
             if labels(p).get(LABEL_COMPONENT) == "build"
             and any("running" in (s.get("state") or {})
                     for s in p["status"].get("initContainerStatuses") or [])]
+
+
+def start_slow_run(stack: Stack, worker: KubernetesWorker, cluster: Any, playground: Any, *,
+                   image: str, repo: Path) -> tuple[str, dict[str, Any]]:
+    """Run build-kubernetes on a slow Containerfile committed to `repo`; return once both
+    builds run, with the flow run's id and its (one) flow-run Job."""
+    context = make_repo(repo, SLOW_CONTAINERFILE)
+    flow_run_id, done = run_deployment(
+        stack, "build-kubernetes", run_params(playground, image=image, context=context),
+        watch=False)
+    wait_for_both_builds(stack, worker, cluster, flow_run_id, done)
+    [flow_job] = flow_run_jobs(cluster, flow_run_id)
+    return flow_run_id, flow_job
 
 
 def wait_for_both_builds(stack: Stack, worker: KubernetesWorker, cluster: Any,
@@ -274,13 +269,9 @@ def test_deleting_the_flow_run_job_garbage_collects_the_build_jobs(
     anything), as a node failure or an OOM kill would; then its Job is deleted, as the
     worker's cancel, its TTL or an operator does. Only the ownerReferences remain to
     clean up, and the garbage collector must remove the running builds and their pods."""
-    context = make_repo(tmp_path / "repo", SLOW_CONTAINERFILE)
     image = f"{playground.address}/e2e/kube-orphans:latest"
-    flow_run_id, done = run_deployment(
-        stack, "build-kubernetes", run_params(playground, image=image, context=context),
-        watch=False)
-    wait_for_both_builds(stack, kubernetes_worker, cluster, flow_run_id, done)
-    [flow_job] = flow_run_jobs(cluster, flow_run_id)
+    flow_run_id, flow_job = start_slow_run(stack, kubernetes_worker, cluster, playground,
+                                           image=image, repo=tmp_path / "repo")
     flow_job_name = flow_job["metadata"]["name"]
     [flow_pod] = [p for p in cluster.pods() if labels(p).get("job-name") == flow_job_name]
     cluster.oom_kill(flow_pod["metadata"]["name"])
@@ -310,13 +301,9 @@ def test_cancelling_the_flow_run_removes_its_builds(
     pod itself (the engine sees the CANCELLING state; the worker deletes nothing): the
     flow's on_cancellation hook deletes the build Jobs, the pod exits, and its Job is
     kept, finished, by the template's TTL. The run ends CANCELLED, not rescheduled."""
-    context = make_repo(tmp_path / "repo", SLOW_CONTAINERFILE)
     image = f"{playground.address}/e2e/kube-cancelled:latest"
-    flow_run_id, done = run_deployment(
-        stack, "build-kubernetes", run_params(playground, image=image, context=context),
-        watch=False)
-    wait_for_both_builds(stack, kubernetes_worker, cluster, flow_run_id, done)
-    [flow_job] = flow_run_jobs(cluster, flow_run_id)
+    flow_run_id, flow_job = start_slow_run(stack, kubernetes_worker, cluster, playground,
+                                           image=image, repo=tmp_path / "repo")
 
     cancelled = time.monotonic()
     answer = stack.prefect("flow-run", "cancel", flow_run_id)
@@ -360,13 +347,9 @@ def test_a_drained_flow_run_is_rescheduled_and_its_next_attempt_publishes(
     that attempt (its own run id and paths, fix 1) pins `main` again, builds and
     publishes. The test commits a quick Containerfile right after the eviction, so the
     second attempt does not wait for the first one's slow RUN step."""
-    context = make_repo(tmp_path / "repo", SLOW_CONTAINERFILE)
     image = f"{playground.address}/e2e/kube-drained:latest"
-    flow_run_id, done = run_deployment(
-        stack, "build-kubernetes", run_params(playground, image=image, context=context),
-        watch=False)
-    wait_for_both_builds(stack, kubernetes_worker, cluster, flow_run_id, done)
-    [flow_job] = flow_run_jobs(cluster, flow_run_id)
+    flow_run_id, flow_job = start_slow_run(stack, kubernetes_worker, cluster, playground,
+                                           image=image, repo=tmp_path / "repo")
     [flow_pod] = [p for p in cluster.pods()
                   if labels(p).get("job-name") == flow_job["metadata"]["name"]]
     name = flow_pod["metadata"]["name"]

@@ -52,8 +52,10 @@ from multiarch.runners.kubernetes.scheduling import NO_NODE_NOTICE_S
 from multiarch.source import PinnedSource
 from tests.cluster.controlplane import NODE_GRACE_S, NodeSpec
 from tests.cluster.handle import Cluster, Obj
+from tests.integration import git_repos
 from tests.integration.conftest import Playground, tag_digest
-from tests.integration.test_kubernetes_runner import CONTAINERFILE, git, kube_runner_options
+from tests.integration.git_repos import git
+from tests.integration.test_kubernetes_runner import CONTAINERFILE, kube_runner_options
 
 pytestmark = pytest.mark.integration
 
@@ -79,13 +81,8 @@ def cluster(kube_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Cluster:
 
 
 def make_repo(root: Path, containerfile: str) -> PinnedSource:
-    root.mkdir()
-    git("init", "--quiet", "--initial-branch=main", cwd=root)
-    (root / "Containerfile").write_text(containerfile)
-    (root / "hello.txt").write_text("hello\n")
-    git("add", ".", cwd=root)
-    git("commit", "--quiet", "-m", "build me", cwd=root)
-    return PinnedSource(kind="git", location=f"file://{root}", ref="HEAD",
+    location = git_repos.make_repo(root, containerfile, {"hello.txt": "hello\n"})
+    return PinnedSource(kind="git", location=location, ref="HEAD",
                         revision=git("rev-parse", "HEAD", cwd=root))
 
 

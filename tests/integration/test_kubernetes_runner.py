@@ -31,6 +31,7 @@ from multiarch.runners.kubernetes.options import KubernetesOptions
 from multiarch.source import PinnedSource
 from tests.cluster.fixtures import assert_nothing_left, nfs_dir
 from tests.integration.conftest import read_image_file, skopeo_raw, tag_digest
+from tests.integration.git_repos import git, make_repo
 from tests.integration.prefect_queries import task_run_counts, task_runs
 
 pytestmark = pytest.mark.integration
@@ -49,29 +50,6 @@ ARG BASE
 FROM ${BASE}
 RUN if [ "$(uname -m)" = aarch64 ]; then echo "no aarch64 here" >&2; exit 7; fi
 """
-
-
-def git(*args: str, cwd: Path) -> str:
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-        "PATH": os.environ["PATH"],
-        "HOME": str(cwd),
-    }
-    return subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env=env
-    ).stdout.strip()
-
-
-def make_repo(root: Path, containerfile: str) -> str:
-    root.mkdir()
-    git("init", "--quiet", "--initial-branch=main", cwd=root)
-    (root / "Containerfile").write_text(containerfile)
-    git("add", ".", cwd=root)
-    git("commit", "--quiet", "-m", "build me", cwd=root)
-    return f"file://{root}"
 
 
 @pytest.fixture

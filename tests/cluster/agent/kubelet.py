@@ -497,8 +497,10 @@ class Kubelet:
             config=self.config,
         )
 
-    def find(self, name: str) -> PodWorker | None:
-        return next((w for w in self.workers.values() if w.name == name), None)
+    def find(self, namespace: str, name: str) -> PodWorker | None:
+        """The running pod of that name (a finished one has nothing left to act on)."""
+        return next((w for w in self.workers.values()
+                     if (w.namespace, w.name) == (namespace, name) and not w.done), None)
 
     def evict(self, worker: PodWorker) -> None:
         container = worker.spec["containers"][0]["name"]

@@ -20,7 +20,6 @@ import platform
 import signal
 import uuid
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -28,8 +27,8 @@ from multiarch.runners.kubernetes.manifests import ANNOTATION_EMULATED
 from tests.cluster.agent import server
 from tests.cluster.agent.events import EventRecorder
 from tests.cluster.agent.kubeapi import ApiError, KubeApi, Obj, now_micro, now_rfc3339
-from tests.cluster.agent.kubelet import EVICTION_MESSAGE, Kubelet, KubeletConfig
-from tests.cluster.agent.podstatus import Outcome, disruption
+from tests.cluster.agent.kubelet import Kubelet, KubeletConfig, PodWorker
+from tests.cluster.agent.logs import LogStore
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,6 @@ class NodeAgent:
         self.kubelet_port, self.control_port = kubelet_port, control_port
         self.serving, self.ca = serving, ca
         self.events = EventRecorder(api, host=name)
-        from tests.cluster.agent.logs import LogStore
-
         self.logs = LogStore()
         self.kubelet = Kubelet(node=name, index=1, api=api, events=self.events, logs=self.logs,
                                config=config)
@@ -215,19 +212,14 @@ class NodeAgent:
 
     # --- test hooks --------------------------------------------------------------------
 
-    def _worker(self, namespace: str, name: str) -> Any:
-        for worker in self.kubelet.workers.values():
-            if (worker.namespace, worker.name) == (namespace, name) and not worker.done:
-                return worker
-        raise LookupError(f"pod {namespace}/{name} is not running on {self.name}")
+    def _worker(self, namespace: str, name: str) -> PodWorker:
+        worker = self.kubelet.find(namespace, name)
+        if worker is None:
+            raise LookupError(f"pod {namespace}/{name} is not running on {self.name}")
+        return worker
 
     def evict(self, namespace: str, name: str) -> None:
-        worker = self._worker(namespace, name)
-        container = worker.spec["containers"][0]["name"]
-        message = EVICTION_MESSAGE.format(container=container)
-        worker.event("Evicted", message, "Warning")
-        worker.terminate(0, Outcome("Evicted", message,
-                                    disruption("TerminationByKubelet", message)))
+        self.kubelet.evict(self._worker(namespace, name))
 
     def oom_kill(self, namespace: str, name: str, container: str | None) -> None:
         worker = self._worker(namespace, name)
