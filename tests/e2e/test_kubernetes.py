@@ -11,8 +11,8 @@ them by nodeSelector, and the publish Job pushes the index to the test registry.
 
 The deployment's own parameters are kept (runner: kind kubernetes, namespace multiarch,
 the builder image, the shared claim, the registry Secret); only what must point at this
-machine is given per run: the image in the test registry, a file:// git repository (pods
-see the host's filesystem), the base image and insecure_registry.
+machine is given per run: the image in the test registry, a git:// repository (served
+by `git daemon` on 127.0.0.1), the base image and insecure_registry.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pytest
 from multiarch.runners.kubernetes.manifests import LABEL_COMPONENT, LABEL_PLATFORM
 from tests.e2e.conftest import RUN_TIMEOUT_S, KubernetesWorker, Stack, run_deployment
 from tests.integration.conftest import skopeo_raw, tag_digest
-from tests.integration.git_repos import git, make_repo
+from tests.integration.git_repos import GitDaemon, git, make_repo
 
 pytestmark = pytest.mark.e2e
 
@@ -123,11 +123,12 @@ def running_builds(cluster: Any) -> list[dict[str, Any]]:
                     for s in p["status"].get("initContainerStatuses") or [])]
 
 
-def start_slow_run(stack: Stack, worker: KubernetesWorker, cluster: Any, playground: Any, *,
-                   image: str, repo: Path) -> tuple[str, dict[str, Any]]:
+def start_slow_run(git_daemon: GitDaemon, stack: Stack, worker: KubernetesWorker,
+                   cluster: Any, playground: Any, *, image: str,
+                   repo: Path) -> tuple[str, dict[str, Any]]:
     """Run build-kubernetes on a slow Containerfile committed to `repo`; return once both
     builds run, with the flow run's id and its (one) flow-run Job."""
-    context = make_repo(repo, SLOW_CONTAINERFILE)
+    context = make_repo(git_daemon, repo, SLOW_CONTAINERFILE)
     flow_run_id, done = run_deployment(
         stack, "build-kubernetes", run_params(playground, image=image, context=context),
         watch=False)
@@ -187,9 +188,9 @@ def cluster(kube_cluster: Any) -> Iterator[Any]:
 
 def test_build_kubernetes_deployment_runs_through_the_kubernetes_worker(
     stack: Stack, kubernetes_worker: KubernetesWorker, cluster: Any, playground: Any,
-    tmp_path: Path,
+    git_daemon: GitDaemon, tmp_path: Path,
 ) -> None:
-    context = make_repo(tmp_path / "repo", CONTAINERFILE)
+    context = make_repo(git_daemon, tmp_path / "repo", CONTAINERFILE)
     image = f"{playground.address}/e2e/kube-hello:latest"
     started = time.monotonic()
     with PodRecorder(cluster) as pods:
@@ -263,15 +264,15 @@ def test_build_kubernetes_deployment_runs_through_the_kubernetes_worker(
 
 def test_deleting_the_flow_run_job_garbage_collects_the_build_jobs(
     stack: Stack, kubernetes_worker: KubernetesWorker, cluster: Any, playground: Any,
-    tmp_path: Path,
+    git_daemon: GitDaemon, tmp_path: Path,
 ) -> None:
     """The flow-run pod is killed outright (SIGKILL: no handler, no atexit can delete
     anything), as a node failure or an OOM kill would; then its Job is deleted, as the
     worker's cancel, its TTL or an operator does. Only the ownerReferences remain to
     clean up, and the garbage collector must remove the running builds and their pods."""
     image = f"{playground.address}/e2e/kube-orphans:latest"
-    flow_run_id, flow_job = start_slow_run(stack, kubernetes_worker, cluster, playground,
-                                           image=image, repo=tmp_path / "repo")
+    flow_run_id, flow_job = start_slow_run(git_daemon, stack, kubernetes_worker, cluster,
+                                           playground, image=image, repo=tmp_path / "repo")
     flow_job_name = flow_job["metadata"]["name"]
     [flow_pod] = [p for p in cluster.pods() if labels(p).get("job-name") == flow_job_name]
     cluster.oom_kill(flow_pod["metadata"]["name"])
@@ -295,15 +296,15 @@ def test_deleting_the_flow_run_job_garbage_collects_the_build_jobs(
 
 def test_cancelling_the_flow_run_removes_its_builds(
     stack: Stack, kubernetes_worker: KubernetesWorker, cluster: Any, playground: Any,
-    tmp_path: Path,
+    git_daemon: GitDaemon, tmp_path: Path,
 ) -> None:
     """`prefect flow-run cancel` while both builds run. Prefect 3.9 cancels in the flow-run
     pod itself (the engine sees the CANCELLING state; the worker deletes nothing): the
     flow's on_cancellation hook deletes the build Jobs, the pod exits, and its Job is
     kept, finished, by the template's TTL. The run ends CANCELLED, not rescheduled."""
     image = f"{playground.address}/e2e/kube-cancelled:latest"
-    flow_run_id, flow_job = start_slow_run(stack, kubernetes_worker, cluster, playground,
-                                           image=image, repo=tmp_path / "repo")
+    flow_run_id, flow_job = start_slow_run(git_daemon, stack, kubernetes_worker, cluster,
+                                           playground, image=image, repo=tmp_path / "repo")
 
     cancelled = time.monotonic()
     answer = stack.prefect("flow-run", "cancel", flow_run_id)
@@ -337,7 +338,7 @@ def test_cancelling_the_flow_run_removes_its_builds(
 
 def test_a_drained_flow_run_is_rescheduled_and_its_next_attempt_publishes(
     stack: Stack, kubernetes_worker: KubernetesWorker, cluster: Any, playground: Any,
-    tmp_path: Path,
+    git_daemon: GitDaemon, tmp_path: Path,
 ) -> None:
     """`kubectl drain` evicts the flow-run pod while both builds run (Eviction API: the
     pod is deleted with its grace period, so the flow gets SIGTERM). The template's
@@ -348,8 +349,8 @@ def test_a_drained_flow_run_is_rescheduled_and_its_next_attempt_publishes(
     publishes. The test commits a quick Containerfile right after the eviction, so the
     second attempt does not wait for the first one's slow RUN step."""
     image = f"{playground.address}/e2e/kube-drained:latest"
-    flow_run_id, flow_job = start_slow_run(stack, kubernetes_worker, cluster, playground,
-                                           image=image, repo=tmp_path / "repo")
+    flow_run_id, flow_job = start_slow_run(git_daemon, stack, kubernetes_worker, cluster,
+                                           playground, image=image, repo=tmp_path / "repo")
     [flow_pod] = [p for p in cluster.pods()
                   if labels(p).get("job-name") == flow_job["metadata"]["name"]]
     name = flow_pod["metadata"]["name"]

@@ -54,7 +54,7 @@ from tests.cluster.controlplane import NODE_GRACE_S, NodeSpec
 from tests.cluster.handle import Cluster, Obj
 from tests.integration import git_repos
 from tests.integration.conftest import Playground, tag_digest
-from tests.integration.git_repos import git
+from tests.integration.git_repos import GitDaemon, git
 from tests.integration.test_kubernetes_runner import CONTAINERFILE, kube_runner_options
 
 pytestmark = pytest.mark.integration
@@ -80,8 +80,8 @@ def cluster(kube_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Cluster:
     return kube_cluster
 
 
-def make_repo(root: Path, containerfile: str) -> PinnedSource:
-    location = git_repos.make_repo(root, containerfile, {"hello.txt": "hello\n"})
+def make_repo(daemon: GitDaemon, root: Path, containerfile: str) -> PinnedSource:
+    location = git_repos.make_repo(daemon, root, containerfile, {"hello.txt": "hello\n"})
     return PinnedSource(kind="git", location=location, ref="HEAD",
                         revision=git("rev-parse", "HEAD", cwd=root))
 
@@ -220,11 +220,11 @@ def baseline_namespace(kube_session: Cluster) -> Iterator[str]:
 # --- fix 2: the preflight names every missing permission ---------------------------------
 
 
-def test_an_account_without_the_role_is_refused_before_any_job(cluster, playground, account,
-                                                                tmp_path):
+def test_an_account_without_the_role_is_refused_before_any_job(git_daemon, cluster, playground,
+                                                               account, tmp_path):
     """The whole run (no Prefect) stops at its preflight with one message naming each
     permission, and no Job is ever created."""
-    source = make_repo(tmp_path / "repo", CONTAINERFILE)
+    source = make_repo(git_daemon, tmp_path / "repo", CONTAINERFILE)
     kubeconfig = account("faults-no-role", tmp_path)
     request = make_request(cluster, playground, source, kubeconfig=str(kubeconfig))
     failure, elapsed = timed_failure(
@@ -249,12 +249,12 @@ def test_a_role_without_one_verb_is_named_exactly(cluster, account, tmp_path):
 # --- fix 3: failures without a running pod are seen within seconds -----------------------
 
 
-def test_pod_security_refusal_fails_within_seconds(cluster, playground, baseline_namespace,
-                                                   tmp_path):
+def test_pod_security_refusal_fails_within_seconds(git_daemon, cluster, playground,
+                                                   baseline_namespace, tmp_path):
     """The Job controller cannot create the pod (FailedCreate on the Job); the runner says
     why at once instead of waiting for runner.timeout_s. Registry handoff: the namespace
     has no shared claim."""
-    source = make_repo(tmp_path / "repo", CONTAINERFILE)
+    source = make_repo(git_daemon, tmp_path / "repo", CONTAINERFILE)
     request = make_request(cluster, playground, source, namespace=baseline_namespace,
                            handoff="registry")
     failure, elapsed = timed_failure(lambda: build(request, source), ConfigurationError)
@@ -269,10 +269,11 @@ def test_pod_security_refusal_fails_within_seconds(cluster, playground, baseline
 
 
 @pytest.mark.parametrize("option", ["registry_secret", "git_credentials_secret"])
-def test_a_missing_secret_fails_within_seconds_naming_it(cluster, playground, tmp_path, option):
+def test_a_missing_secret_fails_within_seconds_naming_it(git_daemon, cluster, playground, tmp_path,
+                                                         option):
     """The kubelet cannot mount the Secret (FailedMount on the pod); before, the build
     waited the whole timeout."""
-    source = make_repo(tmp_path / "repo", CONTAINERFILE)
+    source = make_repo(git_daemon, tmp_path / "repo", CONTAINERFILE)
     request = make_request(cluster, playground, source, handoff="registry",
                            **{option: "faults-no-such-secret"})
     failure, elapsed = timed_failure(lambda: build(request, source), ConfigurationError)
@@ -285,10 +286,11 @@ def test_a_missing_secret_fails_within_seconds_naming_it(cluster, playground, tm
 # --- fix 1: a previous attempt's Jobs, and a stopped process's -----------------------------
 
 
-def test_a_new_attempt_deletes_the_previous_attempts_job_first(cluster, playground, tmp_path):
+def test_a_new_attempt_deletes_the_previous_attempts_job_first(git_daemon, cluster, playground,
+                                                               tmp_path):
     """A rescheduled flow run keeps its flow-run id: its new attempt deletes what the old
     one left before it creates its own first Job."""
-    source = make_repo(tmp_path / "repo", CONTAINERFILE)
+    source = make_repo(git_daemon, tmp_path / "repo", CONTAINERFILE)
     request = make_request(cluster, playground, source)
     flow_run_id = f"faults-{uuid.uuid4().hex[:8]}"
     leftover = platform_job(request, source, Platform.parse("linux/amd64"), run_id="old",
@@ -336,10 +338,11 @@ build_multiarch_image(**json.loads(sys.argv[1]))
 
 
 @pytest.mark.parametrize("kind", ["plain", "prefect"])
-def test_sigterm_to_the_run_leaves_no_job(cluster, playground, prefect_server, tmp_path, kind):
+def test_sigterm_to_the_run_leaves_no_job(git_daemon, cluster, playground, prefect_server,
+                                          tmp_path, kind):
     """The flow-run pod is evicted or its Job deleted: the process gets SIGTERM while a
     build pod runs. It deletes its Jobs and exits; nothing keeps building."""
-    source = make_repo(tmp_path / "repo", SLOW)
+    source = make_repo(git_daemon, tmp_path / "repo", SLOW)
     request = make_request(cluster, playground, source, name=f"kube-sigterm-{kind}")
     parameters = request.model_dump(mode="json", exclude_defaults=True)
     call = PLAIN_CALL if kind == "plain" else PREFECT_CALL
@@ -371,8 +374,8 @@ def test_sigterm_to_the_run_leaves_no_job(cluster, playground, prefect_server, t
     assert tag_digest(str(request.image)) is None
 
 
-def test_sigterm_to_a_rescheduling_flow_run_leaves_no_job(cluster, playground, prefect_server,
-                                                        tmp_path):
+def test_sigterm_to_a_rescheduling_flow_run_leaves_no_job(git_daemon, cluster, playground,
+                                                          prefect_server, tmp_path):
     """What the Prefect kubernetes worker runs with `backoff_limit: 0`: `prefect flow-run
     execute` with PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule. SIGTERM reaches it
     (the flow-run pod evicted): the supervisor reschedules the run for a next attempt, the
@@ -382,7 +385,7 @@ def test_sigterm_to_a_rescheduling_flow_run_leaves_no_job(cluster, playground, p
 
     from flows.build import build_multiarch_image
 
-    source = make_repo(tmp_path / "repo", SLOW)
+    source = make_repo(git_daemon, tmp_path / "repo", SLOW)
     request = make_request(cluster, playground, source, name="kube-sigterm-reschedule")
     deployment = build_multiarch_image.to_deployment(name="faults-sigterm").apply()
     flow_run = run_deployment(deployment, timeout=0,
@@ -411,11 +414,11 @@ def test_sigterm_to_a_rescheduling_flow_run_leaves_no_job(cluster, playground, p
 # --- fix 7: no node of the architecture, or one on its way ---------------------------------
 
 
-def test_no_node_of_the_architecture_fails_well_inside_the_grace(cluster, playground,
+def test_no_node_of_the_architecture_fails_well_inside_the_grace(git_daemon, cluster, playground,
                                                                  tmp_path):
     """unschedulable_grace_s (60 s by default) is for nodes that are full; no s390x node at
     all and no scale-up fails sooner."""
-    source = make_repo(tmp_path / "repo", NO_RUN)
+    source = make_repo(git_daemon, tmp_path / "repo", NO_RUN)
     request = make_request(cluster, playground, source, platform="linux/s390x",
                            unschedulable_grace_s=60)
     failure, elapsed = timed_failure(lambda: build(request, source), ConfigurationError)
@@ -438,9 +441,9 @@ def scale_up_event(pod: Obj) -> client.CoreV1Event:
         message="pod triggered scale-up: [{s390x-pool 0->1 (max: 3)}]")
 
 
-def test_a_scale_up_under_way_is_waited_for(cluster, playground, tmp_path):
+def test_a_scale_up_under_way_is_waited_for(git_daemon, cluster, playground, tmp_path):
     grace = 6
-    source = make_repo(tmp_path / "repo", NO_RUN)
+    source = make_repo(git_daemon, tmp_path / "repo", NO_RUN)
     request = make_request(cluster, playground, source, platform="linux/s390x",
                            name="kube-scaleup", unschedulable_grace_s=grace)
     lines: list[str] = []
@@ -485,14 +488,14 @@ def admitted_in(cluster: Cluster, namespace: str, containers: list[Obj],
     return None
 
 
-def test_only_build_and_export_hold_privileges_and_minimal_builds(cluster, playground,
+def test_only_build_and_export_hold_privileges_and_minimal_builds(git_daemon, cluster, playground,
                                                                   baseline_namespace,
                                                                   tmp_path):
     """`security: minimal` builds on the cluster; in the Job it sent, only the store steps
     ask for more than nothing. A namespace at Pod Security "baseline" would admit every
     other container as it is (the fetch, the push, the publish with the registry Secret)
     and refuses exactly the store steps."""
-    source = make_repo(tmp_path / "repo", CONTAINERFILE)
+    source = make_repo(git_daemon, tmp_path / "repo", CONTAINERFILE)
     request = make_request(cluster, playground, source, name="kube-minimal",
                            handoff="registry", security="minimal")
     assert build(request, source).digest.startswith("sha256:")
@@ -546,7 +549,7 @@ def re_register(cluster: Cluster, spec: NodeSpec) -> None:
 
 
 @pytest.mark.parametrize("reads_nodes", [False, True], ids=["pod-only", "reads-nodes"])
-def test_a_lost_node_fails_over_to_another_node_of_the_architecture(cluster, playground,
+def test_a_lost_node_fails_over_to_another_node_of_the_architecture(git_daemon, cluster, playground,
                                                                    account, tmp_path,
                                                                    reads_nodes):
     """node-arm64 powers off while it builds; the retry runs on node-arm64-b.
@@ -560,7 +563,7 @@ def test_a_lost_node_fails_over_to_another_node_of_the_architecture(cluster, pla
     toleration = 60 if reads_nodes else 5
     kubeconfig = cluster.kubeconfig if reads_nodes else \
         account("faults-no-nodes", tmp_path, bundle_role=True)
-    source = make_repo(tmp_path / "repo", SLOW.replace("120", "15"))
+    source = make_repo(git_daemon, tmp_path / "repo", SLOW.replace("120", "15"))
     request = make_request(cluster, playground, source, platform="linux/arm64",
                            name="kube-nodelost", kubeconfig=str(kubeconfig),
                            node_lost_toleration_s=toleration)

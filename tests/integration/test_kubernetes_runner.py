@@ -108,9 +108,9 @@ def run_flow(cluster, playground, *, image, context, platforms, build_args=None,
 
 
 def test_flow_publishes_a_two_platform_index_through_jobs(
-    cluster, playground, prefect_server, tmp_path
+    git_daemon, cluster, playground, prefect_server, tmp_path
 ):
-    context = make_repo(tmp_path / "repo", CONTAINERFILE)
+    context = make_repo(git_daemon, tmp_path / "repo", CONTAINERFILE)
     image = f"{playground.address}/tests/kube-hello"
     state = run_flow(
         cluster,
@@ -185,10 +185,10 @@ def test_flow_publishes_a_two_platform_index_through_jobs(
 
 
 def test_no_node_of_the_architecture_fails_fast_with_a_clear_message(
-    cluster, playground, prefect_server, tmp_path
+    git_daemon, cluster, playground, prefect_server, tmp_path
 ):
     """The cluster has amd64 and arm64 nodes only: an s390x build cannot be placed."""
-    context = make_repo(tmp_path / "repo", CONTAINERFILE)
+    context = make_repo(git_daemon, tmp_path / "repo", CONTAINERFILE)
     started = time.monotonic()
     with pytest.raises(PlatformsFailed) as failure:
         run_flow(
@@ -208,8 +208,9 @@ def test_no_node_of_the_architecture_fails_fast_with_a_clear_message(
     assert tag_digest(f"{playground.address}/tests/kube-noarch:1") is None
 
 
-def test_evicted_pod_is_retried_and_the_run_succeeds(cluster, playground, prefect_server, tmp_path):
-    context = make_repo(tmp_path / "repo", CONTAINERFILE)
+def test_evicted_pod_is_retried_and_the_run_succeeds(git_daemon, cluster, playground,
+                                                     prefect_server, tmp_path):
+    context = make_repo(git_daemon, tmp_path / "repo", CONTAINERFILE)
     evicted: list[str] = []
 
     def evict_first_arm64_build() -> None:
@@ -250,9 +251,9 @@ def test_evicted_pod_is_retried_and_the_run_succeeds(cluster, playground, prefec
 
 
 def test_failing_run_on_one_platform_publishes_nothing(
-    cluster, playground, prefect_server, tmp_path
+    git_daemon, cluster, playground, prefect_server, tmp_path
 ):
-    context = make_repo(tmp_path / "repo", FAILS_ON_ARM64)
+    context = make_repo(git_daemon, tmp_path / "repo", FAILS_ON_ARM64)
     image = f"{playground.address}/tests/kube-fails:latest"
     state = run_flow(
         cluster,
@@ -276,9 +277,9 @@ def test_failing_run_on_one_platform_publishes_nothing(
 
 
 def test_step_logs_arrive_in_order_without_repeats_across_a_dropped_stream(
-    cluster, playground, tmp_path
+    git_daemon, cluster, playground, tmp_path
 ):
-    context = make_repo(tmp_path / "repo", CONTAINERFILE)
+    context = make_repo(git_daemon, tmp_path / "repo", CONTAINERFILE)
     request = BuildRequest(
         image=f"{playground.address}/tests/kube-logs:1",
         platforms=("linux/amd64",),
@@ -328,8 +329,8 @@ RUN sleep 120
 """
 
 
-def _single_build(cluster, playground, tmp_path, containerfile, **runner):
-    context = make_repo(tmp_path / "repo", containerfile)
+def _single_build(git_daemon, cluster, playground, tmp_path, containerfile, **runner):
+    context = make_repo(git_daemon, tmp_path / "repo", containerfile)
     options = kube_runner_options(cluster)
     options.update(runner)
     request = BuildRequest(
@@ -356,8 +357,8 @@ def _single_build(cluster, playground, tmp_path, containerfile, **runner):
     )
 
 
-def test_timeout_fails_the_build_and_deletes_the_job(cluster, playground, tmp_path):
-    build = _single_build(cluster, playground, tmp_path, SLOW, timeout_s=8)
+def test_timeout_fails_the_build_and_deletes_the_job(git_daemon, cluster, playground, tmp_path):
+    build = _single_build(git_daemon, cluster, playground, tmp_path, SLOW, timeout_s=8)
     started = time.monotonic()
     with pytest.raises(StepFailed) as failure:
         build(lambda line: None)
@@ -366,8 +367,8 @@ def test_timeout_fails_the_build_and_deletes_the_job(cluster, playground, tmp_pa
     assert_nothing_left(cluster)
 
 
-def test_cancellation_deletes_the_running_job(cluster, playground, tmp_path):
-    build = _single_build(cluster, playground, tmp_path, SLOW)
+def test_cancellation_deletes_the_running_job(git_daemon, cluster, playground, tmp_path):
+    build = _single_build(git_daemon, cluster, playground, tmp_path, SLOW)
     outcome: list[BaseException] = []
 
     def run() -> None:
@@ -430,9 +431,9 @@ def test_missing_kubeconfig_is_a_configuration_error(tmp_path):
         kube_runner.preflight(options)
 
 
-def test_missing_builder_image_fails_at_once_with_a_hint(cluster, playground, tmp_path):
+def test_missing_builder_image_fails_at_once_with_a_hint(git_daemon, cluster, playground, tmp_path):
     cluster.set_unpullable_images({"registry.example.com/nope/builder:0"})
-    context = make_repo(tmp_path / "repo2", CONTAINERFILE)
+    context = make_repo(git_daemon, tmp_path / "repo2", CONTAINERFILE)
     request = BuildRequest(
         image=f"{playground.address}/tests/kube-nopull:1",
         platforms=("linux/amd64",),
@@ -461,10 +462,11 @@ def test_missing_builder_image_fails_at_once_with_a_hint(cluster, playground, tm
     assert_nothing_left(cluster)
 
 
-def test_registry_handoff_needs_no_shared_volume(cluster, playground, prefect_server, tmp_path):
+def test_registry_handoff_needs_no_shared_volume(git_daemon, cluster, playground, prefect_server,
+                                                 tmp_path):
     """Each build pod pushes its platform by digest; no Job mounts a shared claim, and the
     publish Job only writes manifests."""
-    context = make_repo(tmp_path / "repo", CONTAINERFILE)
+    context = make_repo(git_daemon, tmp_path / "repo", CONTAINERFILE)
     image = f"{playground.address}/tests/kube-registry-handoff"
     state = run_flow(cluster, playground, image=f"{image}:latest", context=context,
                      platforms=["linux/amd64", "linux/arm64"], handoff="registry",
@@ -494,12 +496,12 @@ COPY late.txt /late.txt
 """
 
 
-def test_registry_cache_lets_a_fresh_pod_reuse_layers(cluster, playground, prefect_server,
-                                                       tmp_path):
+def test_registry_cache_lets_a_fresh_pod_reuse_layers(git_daemon, cluster, playground,
+                                                      prefect_server, tmp_path):
     """Pods start with empty storage (emptyDir): with cache=registry the second run's pod
     takes the RUN layer from <repository>/cache-amd64 instead of running it again."""
     repo = tmp_path / "repo"
-    context = make_repo(repo, CACHED)
+    context = make_repo(git_daemon, repo, CACHED)
     image = f"{playground.address}/tests/kube-cache"
     layers = []
     for version in ("one", "two"):
