@@ -83,11 +83,6 @@ def control_app(agent: NodeAgent) -> web.Application:
         agent.oom_kill(*pod_arg(request), request.query.get("container"))
         return web.json_response({"ok": True})
 
-    async def set_images(request: web.Request) -> web.Response:
-        agent.config.unpullable_images.clear()
-        agent.config.unpullable_images.update(await request.json())
-        return web.json_response({"ok": True})
-
     async def set_oom(request: web.Request) -> web.Response:
         agent.config.oom_containers.clear()
         agent.config.oom_containers.update(await request.json())
@@ -124,7 +119,6 @@ def control_app(agent: NodeAgent) -> web.Application:
     app = web.Application()
     app.router.add_post("/evict", guarded(evict))
     app.router.add_post("/oom-kill", guarded(oom_kill))
-    app.router.add_put("/unpullable-images", set_images)
     app.router.add_put("/oom-containers", set_oom)
     app.router.add_post("/drop-log-stream", drop)
     app.router.add_post("/heartbeat", heartbeat)
