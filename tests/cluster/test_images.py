@@ -10,6 +10,7 @@ unpacks a digest once; no mount is ever left on the host.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from typing import Any
 import bcrypt
 import httpx
 import pytest
+from kubernetes.client.rest import ApiException
 
 from devtools import supervisor
 from devtools.registry import free_port
@@ -55,8 +57,9 @@ def pods(kube_cluster: Cluster) -> Iterator[list[str]]:
     created: list[str] = []
     yield created
     for name in created:
-        kube_cluster.core.delete_namespaced_pod(name, kube_cluster.namespace,
-                                                grace_period_seconds=0)
+        with contextlib.suppress(ApiException):  # already gone
+            kube_cluster.core.delete_namespaced_pod(name, kube_cluster.namespace,
+                                                    grace_period_seconds=0)
 
 
 def run(cluster: Cluster, pods: list[str], body: Obj) -> Obj:
@@ -193,6 +196,29 @@ def test_command_and_args_replace_the_images_entrypoint_and_cmd(
                                             args=args, container={"env": env}))
     assert done["status"]["phase"] == "Succeeded", done["status"]
     assert kube_cluster.pod_log("entrypoint", "main").strip() == expected
+
+
+def test_writes_go_to_the_containers_own_layer_removed_with_the_pod_and_host_tools_are_absent(
+    kube_cluster: Cluster, playground: Playground, pods: list[str],
+) -> None:
+    done = run(kube_cluster, pods, pod_body("layer", playground.base,
+                                            command=["sh", "-c", "echo x > /marker"]))
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    uid = done["metadata"]["uid"]
+    pod_dir = Path(kube_cluster.state.state_dir) / "nodes" / "node-amd64" / "node-amd64" / \
+        "pods" / uid
+    assert (pod_dir / "containers" / "main" / "upper" / "marker").read_text() == "x\n"
+    digest = done["status"]["containerStatuses"][0]["imageID"].rsplit("@", 1)[1]
+    rootfs = DEFAULT_CACHE / digest.replace(":", "-") / "rootfs"
+    assert not (rootfs / "marker").exists(), "the container wrote into the cached image"
+    kube_cluster.core.delete_namespaced_pod("layer", kube_cluster.namespace)
+    kube_cluster.wait_for(lambda: not pod_dir.exists(), what="the pod's writable layer to go")
+    assert (rootfs / "bin" / "busybox").exists()
+    start = run(kube_cluster, pods, pod_body("no-host-python", playground.base,
+                                             command=["python3", "-c", "pass"]))
+    terminated = start["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["reason"], terminated["exitCode"]) == ("StartError", 128)
+    assert 'exec: "python3": executable file not found in $PATH' in terminated["message"]
 
 
 def test_a_second_pod_finds_the_image_present_and_nothing_is_unpacked_again(

@@ -6,15 +6,21 @@ container, then Succeeded or Failed; `initContainerStatuses`/`containerStatuses`
 waiting(PodInitializing) -> running(startedAt) -> terminated(exitCode, reason
 Completed|Error|OOMKilled|StartError, message from the termination-log file); with
 restartPolicy Never a failed init container fails the pod and nothing after it runs;
-unpullable images wait in ErrImagePull then ImagePullBackOff; the events kubelets emit.
+the image manager's part (`_pull`): imagePullPolicy, imagePullSecrets read as the node,
+ErrImagePull -> ImagePullBackOff with a doubling delay between real re-pulls,
+ErrImageNeverPull, and the events kubelets emit. Each container runs in its image
+(`images.py` pulls and unpacks, `launch.py` mounts and pivots): `command` replaces the
+ENTRYPOINT, `args` the CMD, the image's Env under the container's, its WorkingDir unless
+`workingDir` is set; `imageID` is the repository@digest that runs.
 
 Status goes to the real API server through the `status` subresource (strategic merge, so
 conditions others own, PodScheduled and DisruptionTarget, stay), and a pod marked for
 deletion is stopped, reported and then deleted with grace 0, as the kubelet does.
 
 Not reproduced: restarts (restartPolicy Always/OnFailure run once), probes, resource
-limits (a hook stands in for the OOM killer), image contents (the host is every image),
-pod networking (containers share the host's network; KUBERNETES_SERVICE_HOST points at the
+limits (a hook stands in for the OOM killer), the image's USER (containers run as root),
+re-checking a cached image's credentials (KubeletEnsureSecretPulledImages), pod
+networking (containers share the host's network; KUBERNETES_SERVICE_HOST points at the
 API server on 127.0.0.1).
 """
 

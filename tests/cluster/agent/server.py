@@ -6,8 +6,9 @@
   sinceSeconds, tailLines, limitBytes). So `kubectl logs -f` and the runner's log
   streaming go through the real API server, its authorization and its proxy.
 - A control endpoint for tests (plain HTTP on 127.0.0.1, not part of any kubelet): inject
-  failures a real node can have (evict, OOM-kill, unpullable images, a dropped log
-  stream, a lost heartbeat) and read what the agent itself got wrong.
+  failures a real node can have (evict, OOM-kill, a dropped log stream, a lost
+  heartbeat) and read what the agent itself got wrong. An image that cannot be pulled
+  needs no hook: a missing tag in a real registry does it.
 """
 
 from __future__ import annotations
