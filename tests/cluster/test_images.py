@@ -131,6 +131,19 @@ def test_a_pod_runs_in_its_image_for_its_nodes_architecture_with_its_volumes(
         kube_cluster.delete_secret("image-test-secret")
 
 
+def test_a_privileged_container_gets_the_hosts_devices_and_sys_stays_read_only(
+    kube_cluster: Cluster, playground: Playground, pods: list[str],
+) -> None:
+    script = ("test -c /dev/fuse && echo fuse; test -b /dev/vda -o -b /dev/sda && echo disk; "
+              "touch /sys/x 2>/dev/null || echo sys-read-only")
+    done = run(kube_cluster, pods, pod_body(
+        "privileged", playground.base, command=["sh", "-c", script],
+        container={"securityContext": {"privileged": True}}))
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert kube_cluster.pod_log("privileged", "main").split() == ["fuse", "disk",
+                                                                   "sys-read-only"]
+
+
 DEBIAN_OCI = Path(os.environ.get("MULTIARCH_TEST_DEBIAN_OCI", "/work/probe/debian.oci"))
 
 

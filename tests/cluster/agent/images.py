@@ -34,6 +34,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -152,6 +153,7 @@ class ImageStore:
         self.cache, self.arch, self.max_bytes = cache, arch, max_bytes
         self._refs_file = node_dir / "images.json"
         self._locks = cache / "locks"
+        self._refs_lock = threading.Lock()  # pulls run in threads of one agent
 
     # --- what this node has ------------------------------------------------------------
 
@@ -167,12 +169,13 @@ class ImageStore:
         return self._load(reference, digest) if digest else None
 
     def _remember(self, reference: Reference, digest: str) -> None:
-        refs = self._refs()
-        refs[reference.full] = digest
-        self._refs_file.parent.mkdir(parents=True, exist_ok=True)
-        scratch = self._refs_file.with_name(f".images-{secrets.token_hex(4)}.json")
-        scratch.write_text(json.dumps(refs, indent=1, sort_keys=True))
-        scratch.replace(self._refs_file)
+        with self._refs_lock:
+            refs = self._refs()
+            refs[reference.full] = digest
+            self._refs_file.parent.mkdir(parents=True, exist_ok=True)
+            scratch = self._refs_file.with_name(f".images-{secrets.token_hex(4)}.json")
+            scratch.write_text(json.dumps(refs, indent=1, sort_keys=True))
+            scratch.replace(self._refs_file)
 
     def _entry(self, digest: str) -> Path:
         return self.cache / digest.replace(":", "-")
@@ -231,6 +234,7 @@ class ImageStore:
             found = self._load(reference, digest)
             unpacked = found is None
             if found is None:
+                self._reap_scratch()
                 found = self._unpack(reference, digest, authfile)
             os.utime(self._entry(digest))  # last used, for the LRU bound
         self._remember(reference, digest)
@@ -271,6 +275,13 @@ class ImageStore:
         loaded = self._load(reference, digest)
         assert loaded is not None
         return loaded
+
+    def _reap_scratch(self) -> None:
+        """Scratch directories of pulls that died with their agent (long past any pull)."""
+        for scratch in self.cache.glob(".pull-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - scratch.stat().st_mtime > 2 * SKOPEO_TIMEOUT_S:
+                    shutil.rmtree(scratch, ignore_errors=True)
 
     @contextlib.contextmanager
     def _lock(self, digest: str, mode: int) -> Iterator[float]:
