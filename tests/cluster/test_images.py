@@ -249,7 +249,8 @@ def test_a_second_pod_finds_the_image_present_and_nothing_is_unpacked_again(
     assert second["status"]["containerStatuses"][0]["imageID"] == \
         first["status"]["containerStatuses"][0]["imageID"]
     assert [(r, m) for r, m, _ in messages(kube_cluster, "present-2") if r.startswith("Pull")] \
-        == [("Pulled", f'Container image "{playground.base}" already present on machine')]
+        == [("Pulled", f'Container image "{playground.base}" already present on machine '
+                       "and can be accessed by the pod")]
     assert busybox.stat().st_ino == inode, "the cached digest was unpacked again"
 
 
@@ -370,10 +371,16 @@ def test_image_pull_secrets_authenticate_and_without_them_the_pull_is_unauthoriz
                 imagePullSecrets=[{"name": "pull-private"}]))
             assert done["status"]["phase"] == "Succeeded", done["status"]
             assert kube_cluster.pod_log(name, "main").strip() == machine
+        again = run(kube_cluster, pods, pod_body(
+            "private-again", image, command=["true"], imagePullSecrets=[{"name": "pull-private"}]))
+        assert again["status"]["phase"] == "Succeeded"
+        assert ("Pulled", f'Container image "{image}" already present on machine and can be '
+                "accessed by the pod", 1) in messages(kube_cluster, "private-again")
+        # Pulled with credentials: a pod without them must not use it (kubelet 1.36,
+        # KubeletEnsureSecretPulledImages), even with IfNotPresent: it pulls, and fails.
         pods.append("private-anonymous")
         kube_cluster.core.create_namespaced_pod(kube_cluster.namespace, pod_body(
-            "private-anonymous", image, command=["true"],
-            container={"imagePullPolicy": "Always"}))
+            "private-anonymous", image, command=["true"]))
         refused = kube_cluster.wait_for(
             lambda: next((p for p in kube_cluster.pods()
                           if p["metadata"]["name"] == "private-anonymous"

@@ -20,9 +20,11 @@ boundary with the real control plane. It talks to the real kube-apiserver as
   machine under file locks and bounded by size (least recently used dropped), under
   <repo>/.local/agent-images/ so it survives test sessions; imagePullPolicy Always /
   IfNotPresent / Never, imagePullSecrets (read as the node, a 0600 auth file deleted
-  after the pull), ErrImagePull -> ImagePullBackOff with a doubling back-off (2 s to
-  30 s here; the kubelet's 10 s to 300 s), ErrImageNeverPull, the kubelet's events and
-  `imageID` repo@sha256:...; plain http for registries on 127.0.0.1/localhost only;
+  after the pull; an image pulled with credentials is "present" only for pods holding
+  them, as with the 1.36 kubelet's KubeletEnsureSecretPulledImages), ErrImagePull ->
+  ImagePullBackOff with a doubling back-off (2 s to 30 s here; the kubelet's 10 s to
+  300 s), ErrImageNeverPull, the kubelet's events and `imageID` repo@sha256:...;
+  plain http for registries on 127.0.0.1/localhost only;
 - runs a container in its image (`launch.py`): in a private mount namespace, an overlay
   of the cached root filesystem with the container's writable layer under the pod's
   state (removed with the pod), /proc, /dev (privileged: the host's; otherwise null,
@@ -40,8 +42,7 @@ boundary with the real control plane. It talks to the real kube-apiserver as
 
 It does NOT: isolate like runc (containers run as root with every capability, no
 seccomp, no user/PID/IPC namespace, the image's USER ignored; the host's processes are
-visible in /proc), check a cached image's credentials again (IfNotPresent reuses what the
-node pulled), verify layer digests beyond what skopeo does, garbage-collect by disk
+visible in /proc), verify layer digests beyond what skopeo does, garbage-collect by disk
 pressure (a size bound instead), report Node.status.images, enforce resource limits (a
 test hook stands in for the OOM killer), restart containers
 (restartPolicy Always/OnFailure run once), run probes, give pods their own network (all

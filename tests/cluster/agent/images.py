@@ -18,7 +18,10 @@ its image really holds, for its node's architecture:
   dropped when nobody holds them.
 - What this node has: `reference -> digest` per node (the kubelet's "already present
   on machine"), kept in the node's own state, so IfNotPresent/Never never ask a
-  registry and a new cluster starts with an empty node, as a new machine would.
+  registry and a new cluster starts with an empty node, as a new machine would. With
+  it, who may use it, as the 1.36 kubelet records (KubeletEnsureSecretPulledImages):
+  anyone if it was pulled anonymously, else pods presenting one of the credentials it
+  was pulled with (kept as hashes).
 
 Errors are worded as containerd words them in kubelet events (`rpc error: code =
 NotFound desc = failed to pull and unpack image ...`), with skopeo's reason kept.
@@ -157,21 +160,38 @@ class ImageStore:
 
     # --- what this node has ------------------------------------------------------------
 
-    def _refs(self) -> dict[str, str]:
+    def _refs(self) -> dict[str, dict[str, Any]]:
         with contextlib.suppress(OSError, ValueError):
             return dict(json.loads(self._refs_file.read_text()))
         return {}
 
-    def present(self, image: str) -> Image | None:
-        """The image this node has for that reference (no registry asked), or None."""
-        reference = Reference.parse(image)
-        digest = self._refs().get(reference.full)
-        return self._load(reference, digest) if digest else None
+    def present(self, image: str, *, credentials: set[str] | frozenset[str] = frozenset()
+                ) -> Image | None:
+        """The image this node has for that reference (no registry asked), or None.
 
-    def _remember(self, reference: Reference, digest: str) -> None:
+        As the kubelet 1.36 (KubeletEnsureSecretPulledImages, on by default): an image
+        pulled with credentials is present only for a pod that presents one of the
+        credentials it was pulled with (`credential_hashes`); one pulled anonymously is
+        present for every pod."""
+        reference = Reference.parse(image)
+        entry = self._refs().get(reference.full)
+        if entry is None:
+            return None
+        if not entry["anonymous"] and not credentials & set(entry["credentials"]):
+            return None
+        return self._load(reference, entry["digest"])
+
+    def _remember(self, reference: Reference, digest: str, credential: str | None) -> None:
         with self._refs_lock:
             refs = self._refs()
-            refs[reference.full] = digest
+            entry = refs.get(reference.full)
+            if entry is None or entry["digest"] != digest:
+                entry = {"digest": digest, "anonymous": False, "credentials": []}
+            if credential is None:
+                entry["anonymous"] = True
+            elif credential not in entry["credentials"]:
+                entry["credentials"].append(credential)
+            refs[reference.full] = entry
             self._refs_file.parent.mkdir(parents=True, exist_ok=True)
             scratch = self._refs_file.with_name(f".images-{secrets.token_hex(4)}.json")
             scratch.write_text(json.dumps(refs, indent=1, sort_keys=True))
@@ -221,8 +241,10 @@ class ImageStore:
 
     # --- pulling and unpacking ---------------------------------------------------------
 
-    def pull(self, image: str, *, authfile: Path | None = None) -> PullResult:
+    def pull(self, image: str, *, authfile: Path | None = None,
+             credential: str | None = None) -> PullResult:
         """Resolve with the registry, then fetch and unpack that digest unless cached.
+        `credential`: the hash of the credentials in `authfile` for this registry.
 
         Blocking (skopeo, umoci, a file lock): the kubelet calls it in a thread."""
         started = time.monotonic()
@@ -237,7 +259,7 @@ class ImageStore:
                 self._reap_scratch()
                 found = self._unpack(reference, digest, authfile)
             os.utime(self._entry(digest))  # last used, for the LRU bound
-        self._remember(reference, digest)
+        self._remember(reference, digest, credential if authfile is not None else None)
         self._evict(keep=digest)
         return PullResult(image=found, unpacked=unpacked,
                           seconds=time.monotonic() - started - waited)
@@ -330,6 +352,18 @@ def write_authfile(path: Path, auths: dict[str, Any]) -> Path:
     with os.fdopen(fd, "w") as handle:
         json.dump({"auths": auths}, handle)
     return path
+
+
+def credential_hashes(image: str, auths: dict[str, Any]) -> set[str]:
+    """Hashes of the credentials `auths` (a docker config's "auths") holds for the image's
+    registry: what the node remembers about who pulled an image, never the secret."""
+    registry = Reference.parse(image).registry
+    found = set()
+    for key, value in auths.items():
+        host = key.split("://", 1)[-1].split("/", 1)[0]
+        if host == registry or (registry == "docker.io" and host.endswith("docker.io")):
+            found.add(hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest())
+    return found
 
 
 def _auth(authfile: Path | None, flag: str = "--authfile") -> list[str]:

@@ -19,8 +19,7 @@ deletion is stopped, reported and then deleted with grace 0, as the kubelet does
 
 Not reproduced: restarts (restartPolicy Always/OnFailure run once), probes, resource
 limits (a hook stands in for the OOM killer), the image's USER (containers run as root),
-re-checking a cached image's credentials (KubeletEnsureSecretPulledImages), pod
-networking (containers share the host's network; KUBERNETES_SERVICE_HOST points at the
+pod networking (containers share the host's network; KUBERNETES_SERVICE_HOST points at the
 API server on 127.0.0.1).
 """
 
@@ -39,7 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster.agent.events import EventRecorder
-from tests.cluster.agent.images import Image, ImageStore, PullError, write_authfile
+from tests.cluster.agent.images import (
+    Image,
+    ImageStore,
+    PullError,
+    credential_hashes,
+    write_authfile,
+)
 from tests.cluster.agent.kubeapi import ApiError, KubeApi, Obj
 from tests.cluster.agent.logs import ContainerLog, LogStore
 from tests.cluster.agent.podstatus import Outcome, PodStatus, disruption
@@ -239,9 +244,12 @@ class PodWorker:
         policy = container.get("imagePullPolicy") or "IfNotPresent"
         delay = self.config.image_backoff_s
         while not self.stopping.is_set():
-            present = store.present(image)
+            auths = await self._pull_secrets()
+            credentials = credential_hashes(image, auths)
+            present = store.present(image, credentials=credentials)
             if present is not None and policy != "Always":
-                self.event("Pulled", f'Container image "{image}" already present on machine')
+                self.event("Pulled", f'Container image "{image}" already present on machine '
+                                     "and can be accessed by the pod")
                 return present
             if policy == "Never":
                 message = f'Container image "{image}" is not present with pull policy of Never'
@@ -252,9 +260,12 @@ class PodWorker:
                 continue
             self.event("Pulling", f'Pulling image "{image}"')
             started = time.monotonic()
-            authfile = await self._authfile()
+            authfile = (write_authfile(self.dir / "auth" / f"{secrets.token_hex(8)}.json", auths)
+                        if credentials else None)
             try:
-                result = await asyncio.to_thread(store.pull, image, authfile=authfile)
+                result = await asyncio.to_thread(
+                    store.pull, image, authfile=authfile,
+                    credential=min(credentials) if credentials else None)
             except PullError as exc:
                 error = str(exc)
                 self.event("Failed", f'Failed to pull image "{image}": {error}', "Warning")
@@ -288,9 +299,9 @@ class PodWorker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
-    async def _authfile(self) -> Path | None:
+    async def _pull_secrets(self) -> dict[str, Any]:
         """The pod's imagePullSecrets, read as the node (the Node authorizer allows exactly
-        those), merged into a 0600 auth file for skopeo; the caller deletes it."""
+        those), merged as a docker config's "auths"; a pull gets them in a 0600 file."""
         auths: dict[str, Any] = {}
         missing = []
         for ref in self.spec.get("imagePullSecrets") or []:
@@ -315,9 +326,7 @@ class PodWorker:
             self.event("FailedToRetrieveImagePullSecret",
                        f"Unable to retrieve some image pull secrets ({', '.join(missing)}); "
                        "attempting to pull the image may not succeed.", "Warning")
-        if not auths:
-            return None
-        return write_authfile(self.dir / "auth" / f"{secrets.token_hex(8)}.json", auths)
+        return auths
 
     async def _run_container(
         self,
