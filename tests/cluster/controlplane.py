@@ -38,14 +38,9 @@ ISSUER = "https://kubernetes.default.svc.cluster.local"
 NODE_MONITOR_PERIOD_S = 2
 NODE_GRACE_S = 12
 COMPONENTS = ("etcd", "apiserver", "controller-manager", "scheduler")
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The NFS server and export named by deployments/kubernetes/shared-volume.yaml; the agents
 # serve it from a directory (there is no kernel NFS here).
 BUNDLE_NFS_EXPORT = "nfs.example.internal:/exports/multiarch"
-# The builder image's WORKDIR (deployments/builder/Containerfile): the project, where the
-# flow-run pod's pull step looks for it. Until the agents run images (issue 11), the
-# checkout appears there in every container.
-BUILDER_WORKDIR = "/opt/multiarch-builder"
 
 
 @dataclass(frozen=True)
@@ -144,8 +139,7 @@ def _service(state_dir: Path, name: str, argv: Sequence[str], label: str, port: 
 
 
 def up(state_dir: Path, *, nodes: Sequence[NodeSpec] = DEFAULT_NODES,
-       nfs_exports: Mapping[str, Path] | None = None,
-       container_path: str | None = None) -> ClusterState:
+       nfs_exports: Mapping[str, Path] | None = None) -> ClusterState:
     """Build the binary if needed, start everything, return once nodes are Ready."""
     state_dir = state_dir.resolve()
     if (state_dir / "cluster.json").exists():
@@ -219,7 +213,7 @@ def up(state_dir: Path, *, nodes: Sequence[NodeSpec] = DEFAULT_NODES,
             *_client_flags(state, ca, "scheduler", "system:kube-scheduler"),
         ], "kube-scheduler", None), timeout_s=START_TIMEOUT_S)
         for spec in nodes:
-            start_node(state, ca, spec, container_path=container_path)
+            start_node(state, ca, spec)
         wait_nodes_ready(state, [n.name for n in nodes])
     except BaseException:
         down(state_dir)
@@ -239,26 +233,23 @@ def _client_flags(state: ClusterState, ca: pki.Authority, name: str, user: str) 
             "--secure-port", str(free_port()), "--leader-elect=false"]
 
 
-def start_node(state: ClusterState, ca: pki.Authority, spec: NodeSpec, *,
-               container_path: str | None = None) -> NodeState:
+def start_node(state: ClusterState, ca: pki.Authority, spec: NodeSpec) -> NodeState:
     """Start one node agent; it registers its Node and heartbeats on its own."""
     state_dir = Path(state.state_dir)
     client, serving = pki.node_pairs(ca, spec.name)
     node = NodeState(name=spec.name, arch=spec.arch, emulated=spec.emulated,
                      kubelet_port=free_port(), control_port=free_port(), labels=dict(spec.labels))
-    path = container_path or f"{Path(sys.executable).parent}:{DEFAULT_PATH}"
     argv = [sys.executable, "-m", "tests.cluster.agent", "--node", spec.name, "--arch", spec.arch,
             "--api", state.api_url, "--ca", str(state.ca), "--cert", str(client.cert),
             "--key", str(client.key), "--serving-cert", str(serving.cert),
             "--serving-key", str(serving.key), "--port", str(node.kubelet_port),
             "--control-port", str(node.control_port), "--state-dir",
-            str(state_dir / "nodes" / spec.name), "--container-path", path,
+            str(state_dir / "nodes" / spec.name),
             "--node-status-grace-s", str(NODE_GRACE_S)]
     if spec.emulated:
         argv.append("--emulated")
     for key, value in spec.labels.items():
         argv += ["--label", f"{key}={value}"]
-    argv += ["--image-dir", f"{BUILDER_WORKDIR}={binary.REPO_ROOT}"]
     for export, directory in state.nfs_exports.items():
         argv += ["--nfs-export", f"{export}={directory}"]
     supervisor.start(_service(state_dir, f"node-{spec.name}", argv,

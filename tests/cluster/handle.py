@@ -158,10 +158,6 @@ class Cluster:
         self._control(self._node_of(pod), "POST",
                       query + (f"&container={container}" if container else ""))
 
-    def set_unpullable_images(self, images: set[str]) -> None:
-        for node in self.state.nodes:
-            self._control(node, "PUT", "/unpullable-images", sorted(images))
-
     def set_oom_containers(self, names: set[str]) -> None:
         for node in self.state.nodes:
             self._control(node, "PUT", "/oom-containers", sorted(names))
@@ -205,7 +201,6 @@ class Cluster:
         self.core.delete_node(name)
 
     def reset_hooks(self) -> None:
-        self.set_unpullable_images(set())
         self.set_oom_containers(set())
 
 

@@ -16,13 +16,15 @@ from kubernetes.client.rest import ApiException
 from multiarch.runners.kubernetes.manifests import ANNOTATION_EMULATED
 from tests.cluster import binary
 from tests.cluster.handle import Cluster
+from tests.integration.conftest import Playground, playground
 
+__all__ = ["playground"]  # the session registry with the busybox base image, for the pods
 pytestmark = pytest.mark.integration
 
 
-def job(name: str, script: str, *, arch: str = "amd64", namespace: str = "multiarch",
-        privileged: bool = False) -> dict:
-    container: dict = {"name": "main", "image": "busybox:test", "command": ["sh", "-c", script]}
+def job(name: str, script: str, *, image: str, arch: str = "amd64",
+        namespace: str = "multiarch", privileged: bool = False) -> dict:
+    container: dict = {"name": "main", "image": image, "command": ["sh", "-c", script]}
     if privileged:
         container["securityContext"] = {"privileged": True}
     return {
@@ -67,13 +69,14 @@ def test_nodes_register_with_their_architecture_and_heartbeat(kube_cluster: Clus
 
 
 def test_the_scheduler_places_jobs_by_architecture_and_logs_follow_through_the_api_server(
-    kube_cluster: Cluster,
+    kube_cluster: Cluster, playground: Playground,
 ) -> None:
     """`kubectl logs -f` goes API server -> the agent's kubelet endpoint (client certs both
     ways) and streams lines as the container writes them."""
     name = "hello-arm64"
     kube_cluster.batch.create_namespaced_job(kube_cluster.namespace, job(
-        name, "for i in 1 2 3; do echo line-$i; sleep 1; done", arch="arm64"))
+        name, "for i in 1 2 3; do echo line-$i; sleep 1; done", image=playground.base,
+        arch="arm64"))
     try:
         pod = kube_cluster.wait_for(
             lambda: next((p for p in kube_cluster.pods()
@@ -148,7 +151,8 @@ def test_pod_security_admission_refuses_privileged_pods_in_a_baseline_namespace(
     kube_cluster.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
         name=namespace, labels={"pod-security.kubernetes.io/enforce": "baseline"})))
     try:
-        pod = job("priv", "true", namespace=namespace, privileged=True)["spec"]["template"]
+        pod = job("priv", "true", image="busybox", namespace=namespace,
+                  privileged=True)["spec"]["template"]
         pod["metadata"] = {"name": "priv"}
         with pytest.raises(ApiException) as refused:
             kube_cluster.core.create_namespaced_pod(namespace, {"apiVersion": "v1",

@@ -8,10 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
+from tests.cluster.agent.images import DEFAULT_CACHE, DEFAULT_MAX_BYTES, ImageStore
 from tests.cluster.agent.kubeapi import KubeApi
 from tests.cluster.agent.kubelet import KubeletConfig
 from tests.cluster.agent.node import NodeAgent
-from tests.cluster.agent.runtime import Mount
 
 
 def main() -> None:
@@ -29,10 +29,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--control-port", type=int, required=True)
     parser.add_argument("--state-dir", type=Path, required=True)
-    parser.add_argument("--container-path", required=True)
+    parser.add_argument("--image-cache", type=Path, default=DEFAULT_CACHE,
+                        help="unpacked images by digest, shared by the agents of a machine")
+    parser.add_argument("--image-cache-max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    parser.add_argument("--image-backoff-s", type=float, default=2.0,
+                        help="first delay between re-pulls of a failed image (kubelet: 10)")
+    parser.add_argument("--image-backoff-max-s", type=float, default=30.0,
+                        help="longest delay between re-pulls (kubelet: 300)")
     parser.add_argument("--nfs-export", action="append", default=[])
-    parser.add_argument("--image-dir", action="append", default=[],
-                        help="PATH=DIR: DIR appears read-only at PATH in every container")
     parser.add_argument("--node-status-grace-s", type=float, default=40)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -41,12 +45,13 @@ def main() -> None:
     config = KubeletConfig(
         state_dir=args.state_dir,
         nfs_exports={k: Path(v) for k, v in exports.items()},
-        base_env={"PATH": args.container_path, "HOME": "/root",
-                  "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+        base_env={"KUBERNETES_SERVICE_HOST": "127.0.0.1",
                   "KUBERNETES_SERVICE_PORT": args.api.rsplit(":", 1)[1]},
         max_grace_s=10.0,
-        image_mounts=[Mount(Path(d.split("=", 1)[1]), d.split("=", 1)[0], read_only=True)
-                      for d in args.image_dir],
+        images=ImageStore(cache=args.image_cache, node_dir=args.state_dir / args.node,
+                          arch=args.arch, max_bytes=args.image_cache_max_bytes),
+        image_backoff_s=args.image_backoff_s,
+        image_backoff_max_s=args.image_backoff_max_s,
     )
     labels = dict(item.split("=", 1) for item in args.label)
 

@@ -6,14 +6,19 @@ container, then Succeeded or Failed; `initContainerStatuses`/`containerStatuses`
 waiting(PodInitializing) -> running(startedAt) -> terminated(exitCode, reason
 Completed|Error|OOMKilled|StartError, message from the termination-log file); with
 restartPolicy Never a failed init container fails the pod and nothing after it runs;
-unpullable images wait in ErrImagePull then ImagePullBackOff; the events kubelets emit.
+the image manager's part (`_pull`): imagePullPolicy, imagePullSecrets read as the node,
+ErrImagePull -> ImagePullBackOff with a doubling delay between real re-pulls,
+ErrImageNeverPull, and the events kubelets emit. Each container runs in its image
+(`images.py` pulls and unpacks, `launch.py` mounts and pivots): `command` replaces the
+ENTRYPOINT, `args` the CMD, the image's Env under the container's, its WorkingDir unless
+`workingDir` is set; `imageID` is the repository@digest that runs.
 
 Status goes to the real API server through the `status` subresource (strategic merge, so
 conditions others own, PodScheduled and DisruptionTarget, stay), and a pod marked for
 deletion is stopped, reported and then deleted with grace 0, as the kubelet does.
 
 Not reproduced: restarts (restartPolicy Always/OnFailure run once), probes, resource
-limits (a hook stands in for the OOM killer), image contents (the host is every image),
+limits (a hook stands in for the OOM killer), the image's USER (containers run as root),
 pod networking (containers share the host's network; KUBERNETES_SERVICE_HOST points at the
 API server on 127.0.0.1).
 """
@@ -21,25 +26,33 @@ API server on 127.0.0.1).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import logging
 import secrets
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.cluster.agent.events import EventRecorder
+from tests.cluster.agent.images import (
+    Image,
+    ImageStore,
+    PullError,
+    credential_hashes,
+    write_authfile,
+)
 from tests.cluster.agent.kubeapi import ApiError, KubeApi, Obj
 from tests.cluster.agent.logs import ContainerLog, LogStore
-from tests.cluster.agent.podstatus import Outcome, PodStatus, disruption, image_id
+from tests.cluster.agent.podstatus import Outcome, PodStatus, disruption
 from tests.cluster.agent.runtime import Cgroups, ContainerProcess, Mount, expand
 from tests.cluster.agent.volumes import (
-    MountPoints,
     VolumeError,
     container_mounts,
     set_up,
-    top_level,
 )
 
 TERMINATION_MESSAGE_MAX = 4096
@@ -58,16 +71,16 @@ class KubeletConfig:
     state_dir: Path
     nfs_exports: dict[str, Path]
     base_env: dict[str, str]
-    # What every container sees besides its volumes: the builder image's files that the
-    # host lacks (the project at its WORKDIR), read-only.
-    image_mounts: list[Mount] = field(default_factory=list)
-    unpullable_images: set[str] = field(default_factory=set)
+    images: ImageStore  # this node's images (pulled, unpacked once, shared cache)
     oom_containers: set[str] = field(default_factory=set)  # container names to OOM-kill
     max_grace_s: float = 2.0  # termination grace periods are capped at this
     pull_backoff_s: float = 0.3  # ErrImagePull -> ImagePullBackOff
+    # Between real re-pulls of an image that failed: the kubelet's 10 s doubling to 300 s,
+    # scaled down for tests.
+    image_backoff_s: float = 2.0
+    image_backoff_max_s: float = 30.0
     retry_s: float = 0.2  # volume set-up and image pull retries
     cgroups: Cgroups = field(default_factory=Cgroups)
-    mountpoints: MountPoints = field(default_factory=MountPoints)
 
 
 class PodWorker:
@@ -224,44 +237,96 @@ class PodWorker:
                 await asyncio.wait_for(self.stopping.wait(), self.config.retry_s)
         return None
 
-    async def _pull(self, container: dict[str, Any], status: dict[str, Any]) -> bool:
-        image = container["image"]
-        if image not in self.config.unpullable_images:
-            if container.get("imagePullPolicy") == "Always":
-                self.event("Pulling", f'Pulling image "{image}"')
-                self.event(
-                    "Pulled",
-                    f'Successfully pulled image "{image}" in 0s '
-                    "(0s including waiting). Image size: 0 bytes.",
-                )
-            else:
-                self.event("Pulled", f'Container image "{image}" already present on machine')
-            return True
-        error = (
-            f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
-            f'failed to resolve reference "{image}": {image}: not found'
-        )
-        self.event("Pulling", f'Pulling image "{image}"')
-        self.event("Failed", f'Failed to pull image "{image}": {error}', "Warning")
-        self.event("Failed", "Error: ErrImagePull", "Warning")
-        status["state"] = {"waiting": {"reason": "ErrImagePull", "message": error}}
-        self._publish()
-        backoff = False
-        while image in self.config.unpullable_images and not self.stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.config.pull_backoff_s)
-            if not backoff and not self.stopping.is_set():
-                backoff = True
-                self.event("BackOff", f'Back-off pulling image "{image}"')
+    async def _pull(self, container: dict[str, Any], status: dict[str, Any]) -> Image | None:
+        """The kubelet's image manager: the pull policy, the pull secrets, the events and
+        the waiting reasons, with a back-off that doubles between real re-pulls."""
+        image, store = container["image"], self.config.images
+        policy = container.get("imagePullPolicy") or "IfNotPresent"
+        delay = self.config.image_backoff_s
+        while not self.stopping.is_set():
+            auths = await self._pull_secrets()
+            credentials = credential_hashes(image, auths)
+            present = store.present(image, credentials=credentials)
+            if present is not None and policy != "Always":
+                self.event("Pulled", f'Container image "{image}" already present on machine '
+                                     "and can be accessed by the pod")
+                return present
+            if policy == "Never":
+                message = f'Container image "{image}" is not present with pull policy of Never'
+                self.event("ErrImageNeverPull", message, "Warning")
+                self.event("Failed", "Error: ErrImageNeverPull", "Warning")
+                self._waiting(status, "ErrImageNeverPull", message)
+                await self._sleep(delay)
+                continue
+            self.event("Pulling", f'Pulling image "{image}"')
+            started = time.monotonic()
+            authfile = (write_authfile(self.dir / "auth" / f"{secrets.token_hex(8)}.json", auths)
+                        if credentials else None)
+            try:
+                result = await asyncio.to_thread(
+                    store.pull, image, authfile=authfile,
+                    credential=min(credentials) if credentials else None)
+            except PullError as exc:
+                error = str(exc)
+                self.event("Failed", f'Failed to pull image "{image}": {error}', "Warning")
+                self.event("Failed", "Error: ErrImagePull", "Warning")
+                self._waiting(status, "ErrImagePull", error)
+                await self._sleep(self.config.pull_backoff_s)
+                if self.stopping.is_set():
+                    break
+                message = f'Back-off pulling image "{image}"'
+                self.event("BackOff", message)
                 self.event("Failed", "Error: ImagePullBackOff", "Warning")
-                status["state"] = {
-                    "waiting": {
-                        "reason": "ImagePullBackOff",
-                        "message": f'Back-off pulling image "{image}"',
-                    }
-                }
-                self._publish()
-        return not self.stopping.is_set()
+                self._waiting(status, "ImagePullBackOff", f"{message}: ErrImagePull: {error}")
+                await self._sleep(delay)
+                delay = min(delay * 2, self.config.image_backoff_max_s)
+                continue
+            finally:
+                if authfile is not None:
+                    authfile.unlink(missing_ok=True)
+            self.event("Pulled", f'Successfully pulled image "{image}" in '
+                                 f"{go_duration(result.seconds)} ("
+                                 f"{go_duration(time.monotonic() - started)} including "
+                                 f"waiting). Image size: {result.image.size} bytes.")
+            return result.image
+        return None
+
+    def _waiting(self, status: dict[str, Any], reason: str, message: str) -> None:
+        status["state"] = {"waiting": {"reason": reason, "message": message}}
+        self._publish()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    async def _pull_secrets(self) -> dict[str, Any]:
+        """The pod's imagePullSecrets, read as the node (the Node authorizer allows exactly
+        those), merged as a docker config's "auths"; a pull gets them in a 0600 file."""
+        auths: dict[str, Any] = {}
+        missing = []
+        for ref in self.spec.get("imagePullSecrets") or []:
+            name = ref.get("name", "")
+            try:
+                secret = await self.api.get(
+                    f"/api/v1/namespaces/{self.namespace}/secrets/{name}")
+            except (ApiError, OSError):
+                secret = None
+            data = (secret or {}).get("data") or {}
+            try:
+                if ".dockerconfigjson" in data:
+                    config = json.loads(base64.b64decode(data[".dockerconfigjson"]))
+                    auths.update(config.get("auths") or {})
+                elif ".dockercfg" in data:
+                    auths.update(json.loads(base64.b64decode(data[".dockercfg"])))
+                else:
+                    missing.append(name)
+            except ValueError:
+                missing.append(name)
+        if missing:
+            self.event("FailedToRetrieveImagePullSecret",
+                       f"Unable to retrieve some image pull secrets ({', '.join(missing)}); "
+                       "attempting to pull the image may not succeed.", "Warning")
+        return auths
 
     async def _run_container(
         self,
@@ -271,10 +336,17 @@ class PodWorker:
         *,
         init: bool,
     ) -> int:
-        name = container["name"]
-        if self.stopping.is_set() or not await self._pull(container, status):
+        image = None if self.stopping.is_set() else await self._pull(container, status)
+        if image is None:
             return 137
-        process = self._process(container, volumes)
+        with contextlib.ExitStack() as held:
+            await asyncio.to_thread(held.enter_context, self.config.images.in_use(image))
+            return await self._start_and_wait(container, status, image, init=init,
+                                              process=self._process(container, volumes, image))
+
+    async def _start_and_wait(self, container: dict[str, Any], status: dict[str, Any],
+                              image: Image, *, init: bool, process: ContainerProcess) -> int:
+        name = container["name"]
         self.event("Created", f"Created container: {name}")
         await process.start()
         self.running[name] = process
@@ -283,7 +355,7 @@ class PodWorker:
         status.update(
             started=True,
             ready=not init,
-            imageID=image_id(container["image"]),
+            imageID=image.image_id,
             containerID=f"containerd://{secrets.token_hex(32)}",
             state={"running": {"startedAt": process.started_at}},
         )
@@ -313,20 +385,22 @@ class PodWorker:
         return code
 
     def _process(
-        self, container: dict[str, Any], volumes: dict[str, tuple[Path, bool]]
+        self, container: dict[str, Any], volumes: dict[str, tuple[Path, bool]], image: Image
     ) -> ContainerProcess:
+        """Kubernetes' rules over the image config: `command` replaces ENTRYPOINT, `args`
+        replace CMD; the container's env over the image's; workingDir else WorkingDir."""
         name = container["name"]
         state = self.dir / "containers" / name
-        state.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(state, ignore_errors=True)  # a fresh writable layer
+        state.mkdir(parents=True)
         termination_log = state / "termination-log"
         termination_log.write_bytes(b"")
-        mounts = [*self.config.image_mounts, *container_mounts(container, volumes)]
+        mounts = [*self._etc_mounts(), *container_mounts(container, volumes)]
         mounts.append(
             Mount(termination_log, container.get("terminationMessagePath", "/dev/termination-log"))
         )
-        for mount in top_level(mounts):
-            self.config.mountpoints.ensure(Path(mount.target), is_file=mount.source.is_file())
-        env = {**self.config.base_env, "HOSTNAME": self.name}
+        env = {"HOME": "/root", **image.config.environment(), **self.config.base_env,
+               "HOSTNAME": self.name}
         defined: dict[str, str] = {}
         for var in container.get("env") or []:
             if "value" in var or "valueFrom" not in var:
@@ -334,20 +408,37 @@ class PodWorker:
             elif "fieldRef" in var["valueFrom"]:
                 defined[var["name"]] = self._field(var["valueFrom"]["fieldRef"]["fieldPath"])
         env.update(defined)
-        argv = [
-            expand(arg, defined)
-            for arg in [*(container.get("command") or []), *(container.get("args") or [])]
-        ]
+        command = [expand(arg, defined) for arg in container.get("command") or []]
+        args = [expand(arg, defined) for arg in container.get("args") or []]
+        if command:
+            argv = [*command, *args]
+        else:
+            argv = [*image.config.entrypoint, *(args or image.config.cmd)]
         return ContainerProcess(
             argv=argv,
             env=env,
             mounts=mounts,
-            workdir=container.get("workingDir") or "/",
+            workdir=container.get("workingDir") or image.config.working_dir or "/",
             hostname=self.name,
             log=self.logs.open(self.namespace, self.name, name),
             state_dir=state,
             cgroup=self.config.cgroups.create(self.uid, name),
+            rootfs=image.rootfs,
+            privileged=bool((container.get("securityContext") or {}).get("privileged")),
         )
+
+    def _etc_mounts(self) -> list[Mount]:
+        """/etc/hosts and /etc/hostname as the kubelet writes them for a pod on the host's
+        network, and the host's /etc/resolv.conf (dnsPolicy of a host-network pod)."""
+        hosts, hostname = self.dir / "etc-hosts", self.dir / "etc-hostname"
+        if not hosts.exists():
+            hosts.write_text(
+                "# Kubernetes-managed hosts file (host network).\n"
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                f"{self.status.ips['podIP']}\t{self.name}\n")
+            hostname.write_text(f"{self.name}\n")
+        return [Mount(hosts, "/etc/hosts"), Mount(hostname, "/etc/hostname"),
+                Mount(Path("/etc/resolv.conf"), "/etc/resolv.conf", read_only=True)]
 
     def _field(self, path: str) -> str:
         """The downward API's fields a Job's containers typically ask for."""
@@ -514,3 +605,13 @@ class Kubelet:
         """The node is gone (or the cluster stops): every process dies, nothing reports."""
         for worker in self.workers.values():
             worker.kill_now()
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go prints a time.Duration truncated to milliseconds (1.234s, 56ms)."""
+    millis = int(seconds * 1000)
+    if millis < 1000:
+        return f"{millis}ms"
+    minutes, rest = divmod(millis, 60_000)
+    text = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{minutes}m{text}" if minutes else text

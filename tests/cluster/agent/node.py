@@ -272,7 +272,6 @@ class NodeAgent:
         for worker in workers:
             worker.clean_up()
         self.config.cgroups.remove_all()
-        self.config.mountpoints.remove_all()
 
 
 def _with_kind(pod: Obj) -> Obj:

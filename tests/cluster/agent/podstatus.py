@@ -10,7 +10,6 @@ phase and DisruptionTarget written by pod GC).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,13 +36,6 @@ def disruption(reason: str, message: str) -> dict[str, Any]:
         "reason": reason,
         "message": message,
     }
-
-
-def image_id(image: str) -> str:
-    repository = image.split("@")[0]
-    if ":" in repository.rsplit("/", 1)[-1]:
-        repository = repository.rsplit(":", 1)[0]
-    return f"{repository}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
 
 
 def container_status(container: dict[str, Any], waiting: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The fake container runtime: one container = one host process tree, logged and killable.
 
-Each container runs through `launch.py` (a private mount namespace with its volumes) in
+Each container runs through `launch.py` (its image's root filesystem under an overlay,
+in a private mount namespace with its volumes) in
 its own session and, where the kernel offers a writable cgroup v2 hierarchy, its own
 cgroup, the way the kubelet tracks containers: killing a pod must also kill what buildah
 forked (chroot helpers, qemu), and a test must leave nothing running. Output is read
@@ -157,8 +158,11 @@ class ContainerProcess:
         log: ContainerLog,
         state_dir: Path,
         cgroup: Path | None,
+        rootfs: Path | None = None,
+        privileged: bool = False,
     ) -> None:
         self.argv, self.env, self.mounts = list(argv), dict(env), list(mounts)
+        self.rootfs, self.privileged, self.state_dir = rootfs, privileged, state_dir
         self.workdir, self.hostname, self.log = workdir, hostname, log
         self.start_error = state_dir / "start-error"
         self.cgroup = cgroup
@@ -179,6 +183,10 @@ class ContainerProcess:
             "--start-error",
             str(self.start_error),
         ]
+        if self.rootfs is not None:
+            argv += ["--rootfs", str(self.rootfs), "--container-dir", str(self.state_dir)]
+        if self.privileged:
+            argv.append("--privileged")
         for mount in self.mounts:
             argv += ["--bind", mount.arg()]
         if self.workdir:

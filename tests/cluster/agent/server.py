@@ -6,8 +6,9 @@
   sinceSeconds, tailLines, limitBytes). So `kubectl logs -f` and the runner's log
   streaming go through the real API server, its authorization and its proxy.
 - A control endpoint for tests (plain HTTP on 127.0.0.1, not part of any kubelet): inject
-  failures a real node can have (evict, OOM-kill, unpullable images, a dropped log
-  stream, a lost heartbeat) and read what the agent itself got wrong.
+  failures a real node can have (evict, OOM-kill, a dropped log stream, a lost
+  heartbeat) and read what the agent itself got wrong. An image that cannot be pulled
+  needs no hook: a missing tag in a real registry does it.
 """
 
 from __future__ import annotations
@@ -83,11 +84,6 @@ def control_app(agent: NodeAgent) -> web.Application:
         agent.oom_kill(*pod_arg(request), request.query.get("container"))
         return web.json_response({"ok": True})
 
-    async def set_images(request: web.Request) -> web.Response:
-        agent.config.unpullable_images.clear()
-        agent.config.unpullable_images.update(await request.json())
-        return web.json_response({"ok": True})
-
     async def set_oom(request: web.Request) -> web.Response:
         agent.config.oom_containers.clear()
         agent.config.oom_containers.update(await request.json())
@@ -124,7 +120,6 @@ def control_app(agent: NodeAgent) -> web.Application:
     app = web.Application()
     app.router.add_post("/evict", guarded(evict))
     app.router.add_post("/oom-kill", guarded(oom_kill))
-    app.router.add_put("/unpullable-images", set_images)
     app.router.add_put("/oom-containers", set_oom)
     app.router.add_post("/drop-log-stream", drop)
     app.router.add_post("/heartbeat", heartbeat)

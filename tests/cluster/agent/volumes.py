@@ -12,106 +12,17 @@ does. hostPath: the host path.
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
-import os
-import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tests.cluster.agent.kubeapi import KubeApi, Obj
 from tests.cluster.agent.runtime import Mount
 
-MOUNT_REGISTRY = Path("/run/multiarch-agent-mount-points")
-
 
 class VolumeError(Exception):
     """MountVolume.SetUp failed: the pod waits in ContainerCreating (and may recover)."""
-
-
-class MountPoints:
-    """Mount points made on the host for in-pod paths (`/shared`, `/dev/termination-log`).
-
-    mkdir is not namespaced, so a bind mount needs its mount point on the host. Removing
-    one that a pod elsewhere still uses would silently unmount it there (Linux detaches
-    mounts on a removed mount point in every namespace), and other test processes on the
-    machine may run fake clusters too. So every cluster records the paths it created or
-    uses in a registry shared by all processes, under a lock, and removes a path (if
-    empty) only when no live cluster lists it; leftovers of crashed runs go next time.
-    """
-
-    def __init__(self, registry: Path = MOUNT_REGISTRY) -> None:
-        self._registry = registry
-        self._record = registry / f"{os.getpid()}-{secrets.token_hex(4)}"
-        self._mine: list[Path] = []
-        with self._locked():
-            self._reap_dead()
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self._registry.mkdir(parents=True, exist_ok=True)
-        with (self._registry / ".lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
-
-    def _records(self) -> dict[Path, list[Path]]:
-        return {
-            f: [Path(line) for line in f.read_text().splitlines()]
-            for f in self._registry.iterdir()
-            if f.name != ".lock"
-        }
-
-    def _in_use(self, *, besides: Path) -> set[Path]:
-        return {
-            path
-            for record, paths in self._records().items()
-            if record != besides and _owner_alive(record)
-            for path in paths
-        }
-
-    def _reap_dead(self) -> None:
-        for record, paths in self._records().items():
-            if not _owner_alive(record):
-                _remove_unused(paths, self._in_use(besides=record))
-                record.unlink(missing_ok=True)
-
-    def ensure(self, target: Path, *, is_file: bool) -> None:
-        with self._locked():
-            known = {p for paths in self._records().values() for p in paths}
-            for path in reversed([target, *target.parents]):  # the root first
-                if path in self._mine:
-                    continue
-                if not path.exists():
-                    if path == target and is_file:
-                        path.touch()
-                    else:
-                        path.mkdir()
-                elif path not in known:
-                    continue  # the host's own directory: never ours to remove
-                self._mine.append(path)
-            self._record.write_text("".join(f"{p}\n" for p in self._mine))
-
-    def remove_all(self) -> None:
-        with self._locked():
-            _remove_unused(self._mine, self._in_use(besides=self._record))
-            self._record.unlink(missing_ok=True)
-            self._mine.clear()
-
-
-def _owner_alive(record: Path) -> bool:
-    pid = record.name.split("-")[0]
-    return pid.isdigit() and Path(f"/proc/{pid}").exists()
-
-
-def _remove_unused(paths: list[Path], in_use: set[Path]) -> None:
-    for path in sorted(set(paths) - in_use, key=lambda p: -len(p.parts)):
-        with contextlib.suppress(OSError):  # rmdir refuses non-empty directories
-            if path.is_dir():
-                path.rmdir()
-            elif path.stat().st_size == 0:
-                path.unlink()
 
 
 def _write_keys(
@@ -284,14 +195,3 @@ def container_mounts(
             Mount(source, mount["mountPath"], read_only=always_ro or bool(mount.get("readOnly")))
         )
     return mounts
-
-
-def top_level(mounts: list[Mount]) -> list[Mount]:
-    """Mounts not nested inside another mount of the same container (those get host
-    mount points; nested ones are created inside the parent volume by the launcher)."""
-    targets = [Path(m.target) for m in mounts]
-    return [
-        m
-        for m in mounts
-        if not any(Path(m.target) != t and t in Path(m.target).parents for t in targets)
-    ]

@@ -3,8 +3,8 @@
 Pods' processes live in their own sessions and cgroups, so they would outlive a killed
 pytest. Each cluster starts this watchdog with a pipe on its stdin: a normal stop writes
 `disarm` and closes it; end-of-file without that word means the test process is gone,
-so the watchdog kills the cluster's cgroup tree (the next cluster removes leftover
-mount points, see `volumes.MountPoints`).
+so the watchdog kills the cluster's cgroup tree (mounts live in the containers' own
+mount namespaces and go with their processes).
 
     python -m tests.cluster.agent.watchdog --cgroup DIR
 """
