@@ -49,8 +49,13 @@ class NodeSpec:
     arch: str = "amd64"
     emulated: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Repositories an emulated node runs in this machine's architecture
+    # (ImageStore.platform_arch); None: the builder's on an emulated node, else none.
+    native_images: tuple[str, ...] | None = None
 
 
+# The builder image's repository as `make builder` and the tests push it.
+BUILDER_REPOSITORY = "multiarch/builder"
 DEFAULT_NODES = (NodeSpec("node-amd64", "amd64"), NodeSpec("node-arm64", "arm64", emulated=True))
 
 
@@ -248,6 +253,9 @@ def start_node(state: ClusterState, ca: pki.Authority, spec: NodeSpec) -> NodeSt
             "--node-status-grace-s", str(NODE_GRACE_S)]
     if spec.emulated:
         argv.append("--emulated")
+    native = spec.native_images
+    for repository in (BUILDER_REPOSITORY,) if native is None and spec.emulated else native or ():
+        argv += ["--native-image", repository]
     for key, value in spec.labels.items():
         argv += ["--label", f"{key}={value}"]
     for export, directory in state.nfs_exports.items():

@@ -454,7 +454,7 @@ def test_a_scale_up_under_way_is_waited_for(git_daemon, cluster, playground, tmp
         cluster.core.create_namespaced_event(cluster.namespace, scale_up_event(pod))
         time.sleep(max(grace, NO_NODE_NOTICE_S) + 4)  # past the grace and the no-node notice
         assert worker.is_alive(), outcome
-        cluster.add_node(NodeSpec("node-s390x", "s390x"))
+        cluster.add_node(NodeSpec("node-s390x", "s390x", emulated=True))
         worker.join(180)
         assert not worker.is_alive()
     finally:

@@ -33,6 +33,13 @@ boundary with the real control plane. It talks to the real kube-apiserver as
   /etc/resolv.conf, then pivot_root and exec with Kubernetes' rules for ENTRYPOINT/CMD,
   Env and WorkingDir; an arm64 image runs under QEMU through binfmt_misc (F flag). All
   mounts live in that namespace only, so a killed agent leaves none on the host;
+- with one exception on an emulated node: buildah cannot run under QEMU user emulation
+  (it re-executes itself from a close-on-exec descriptor, which binfmt_misc refuses:
+  "Error during reexec(...): No such file or directory"; QEMU 7.2 already fails one
+  step earlier), so the emulated arm64 node runs the builder image's linux/amd64
+  variant (`--native-image multiarch/builder`) and buildah emulates only the RUN steps
+  for linux/arm64, as the local runner does. A real arm64 node runs the arm64 variant;
+  that variant's tools are checked by `make builder`'s tests, not by pods here;
 - reports pod status through the status subresource with the kubelet's phases,
   conditions, container states, reasons and termination messages (`podstatus.py`),
   records the kubelet's events (`events.py`), stops a pod marked for deletion (SIGTERM,

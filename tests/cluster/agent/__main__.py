@@ -36,6 +36,9 @@ def main() -> None:
                         help="first delay between re-pulls of a failed image (kubelet: 10)")
     parser.add_argument("--image-backoff-max-s", type=float, default=30.0,
                         help="longest delay between re-pulls (kubelet: 300)")
+    parser.add_argument("--native-image", action="append", default=[], metavar="REPOSITORY",
+                        help="an emulated node runs this repository (path, any registry) in "
+                        "the machine's own architecture (see ImageStore.platform_arch)")
     parser.add_argument("--nfs-export", action="append", default=[])
     parser.add_argument("--node-status-grace-s", type=float, default=40)
     args = parser.parse_args()
@@ -49,7 +52,8 @@ def main() -> None:
                   "KUBERNETES_SERVICE_PORT": args.api.rsplit(":", 1)[1]},
         max_grace_s=10.0,
         images=ImageStore(cache=args.image_cache, node_dir=args.state_dir / args.node,
-                          arch=args.arch, max_bytes=args.image_cache_max_bytes),
+                          arch=args.arch, max_bytes=args.image_cache_max_bytes,
+                          native_repositories=frozenset(args.native_image)),
         image_backoff_s=args.image_backoff_s,
         image_backoff_max_s=args.image_backoff_max_s,
     )

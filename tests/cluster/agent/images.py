@@ -51,6 +51,7 @@ DEFAULT_CACHE = REPO_ROOT / ".local" / "agent-images"
 DEFAULT_MAX_BYTES = 8 << 30
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SKOPEO_TIMEOUT_S = 600
+HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
 INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -152,8 +153,11 @@ class ImageStore:
     """One node's images: the shared unpacked cache plus what this node pulled."""
 
     def __init__(self, *, cache: Path, node_dir: Path, arch: str,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 max_bytes: int = DEFAULT_MAX_BYTES,
+                 native_repositories: frozenset[str] = frozenset()) -> None:
         self.cache, self.arch, self.max_bytes = cache, arch, max_bytes
+        # An emulated node's exception (see `platform_arch`): repository paths, any registry.
+        self.native_repositories = native_repositories
         self._refs_file = node_dir / "images.json"
         self._locks = cache / "locks"
         self._refs_lock = threading.Lock()  # pulls run in threads of one agent
@@ -220,6 +224,18 @@ class ImageStore:
             raise PullError(_explain(reference, done.stderr.decode(errors="replace")))
         return done.stdout
 
+    def platform_arch(self, reference: Reference) -> str:
+        """The architecture whose manifest this node runs for `reference`.
+
+        The node's own, except for the repositories an emulated node was told to run in
+        this machine's architecture: buildah cannot run under QEMU user emulation (it
+        re-executes itself from a close-on-exec file descriptor, which binfmt_misc refuses
+        with ENOENT: "Error during reexec(...): No such file or directory"), so on the
+        emulated arm64 node the builder image runs natively and buildah emulates only the
+        RUN steps, as the local runner does. A real arm64 node runs its arm64 variant."""
+        path = reference.repository.split("/", 1)[1]
+        return HOST_ARCH if path in self.native_repositories else self.arch
+
     def resolve(self, image: str, *, authfile: Path | None = None) -> str:
         """The digest of this node's platform manifest for `image`, from the registry."""
         reference = Reference.parse(image)
@@ -228,7 +244,7 @@ class ImageStore:
         raw = self._skopeo(argv, reference)
         document = json.loads(raw)
         if document.get("mediaType") in INDEX_TYPES or "manifests" in document:
-            found = _select(document.get("manifests") or [], self.arch)
+            found = _select(document.get("manifests") or [], self.platform_arch(reference))
             if found is None:
                 raise PullError(
                     f'rpc error: code = NotFound desc = failed to pull and unpack image '
