@@ -33,10 +33,11 @@ boundary with the real control plane. It talks to the real kube-apiserver as
   /etc/resolv.conf, then pivot_root and exec with Kubernetes' rules for ENTRYPOINT/CMD,
   Env and WorkingDir; an arm64 image runs under QEMU through binfmt_misc (F flag). All
   mounts live in that namespace only, so a killed agent leaves none on the host;
-- with one exception on an emulated node: buildah cannot run under QEMU user emulation
-  (it re-executes itself from a close-on-exec descriptor, which binfmt_misc refuses:
-  "Error during reexec(...): No such file or directory"; QEMU 7.2 already fails one
-  step earlier), so the emulated arm64 node runs the builder image's linux/amd64
+- with one exception on an emulated node: buildah's RUN steps cannot run under QEMU
+  user emulation, because buildah re-executes itself there (Debian's QEMU 7.2: "fork/exec
+  /proc/self/exe: permission denied"; QEMU 10.0 from bookworm-backports gets one step
+  further, then "Error during reexec(...): No such file or directory"), so the emulated
+  arm64 node runs the builder image's linux/amd64
   variant (`--native-image multiarch/builder`) and buildah emulates only the RUN steps
   for linux/arm64, as the local runner does. A real arm64 node runs the arm64 variant;
   that variant's tools are checked by `make builder`'s tests, not by pods here;

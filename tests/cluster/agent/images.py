@@ -228,10 +228,9 @@ class ImageStore:
         """The architecture whose manifest this node runs for `reference`.
 
         The node's own, except for the repositories an emulated node was told to run in
-        this machine's architecture: buildah cannot run under QEMU user emulation (it
-        re-executes itself from a close-on-exec file descriptor, which binfmt_misc refuses
-        with ENOENT: "Error during reexec(...): No such file or directory"), so on the
-        emulated arm64 node the builder image runs natively and buildah emulates only the
+        this machine's architecture: buildah's RUN steps cannot run under QEMU user
+        emulation, where its re-execution of itself fails (see the package docstring), so
+        on the emulated arm64 node the builder image runs natively and buildah emulates only the
         RUN steps, as the local runner does. A real arm64 node runs its arm64 variant."""
         path = reference.repository.split("/", 1)[1]
         return HOST_ARCH if path in self.native_repositories else self.arch
