@@ -37,6 +37,7 @@ class Cluster:
         self.state = state
         self.namespace = NAMESPACE
         self.test_started = 0.0  # created_jobs() looks no further back (set per test)
+        self.builder_image = ""  # what build and publish pods run (the kube_builder fixture)
         self.admin_kubeconfig = state.kubeconfig
         self.kubeconfig = Path(state.state_dir) / "runner.kubeconfig"
         self.api_client = config.new_client_from_config(str(self.admin_kubeconfig))

@@ -108,12 +108,16 @@ class Stack:
 
 
 def run_deployment(
-    stack: Stack, deployment: str, params: dict[str, Any], *, watch: bool
+    stack: Stack, deployment: str, params: dict[str, Any], *, watch: bool,
+    job_variables: dict[str, Any] | None = None,
 ) -> tuple[str, subprocess.CompletedProcess[str]]:
-    """`prefect deployment run` with one --param per parameter (JSON values)."""
+    """`prefect deployment run` with one --param per parameter and one --job-variable per
+    job variable (JSON values)."""
     args = ["deployment", "run", f"build-multiarch-image/{deployment}"]
     for name, value in params.items():
         args += ["--param", f"{name}={json.dumps(value)}"]
+    for name, value in (job_variables or {}).items():
+        args += ["--job-variable", f"{name}={json.dumps(value)}"]
     if watch:
         args += ["--watch", "--watch-interval", "2", "--watch-timeout", str(RUN_TIMEOUT_S)]
     done = stack.prefect(*args, timeout=RUN_TIMEOUT_S + 60)

@@ -17,6 +17,7 @@ by `git daemon` on 127.0.0.1), the base image and insecure_registry.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -54,10 +55,20 @@ GC_BOUND_S = 30
 CANCEL_BOUND_S = 60
 
 
-def run_params(playground: Any, *, image: str, context: str) -> dict[str, Any]:
-    """What must point at this machine; the deployment's `runner` stays as deployed."""
-    return {"image": image, "context": context, "git_ref": "main",
-            "build_args": {"BASE": playground.base}, "insecure_registry": True}
+def run_build_kubernetes(stack: Stack, cluster: Any, playground: Any, *, image: str,
+                         context: str, watch: bool) -> tuple[str, Any]:
+    """`prefect deployment run build-multiarch-image/build-kubernetes` with only what must
+    point at this machine: the image in the test registry, the repository, the base image,
+    insecure_registry, and the builder image of this checkout in the session registry (the
+    flow-run pod's job variable `image`, and `runner.kubernetes.builder_image` in the
+    deployment's own `runner`, which is otherwise kept as deployed)."""
+    runner = copy.deepcopy(stack.deployment("build-kubernetes")["parameters"]["runner"])
+    runner["kubernetes"]["builder_image"] = cluster.builder_image
+    params = {"image": image, "context": context, "git_ref": "main",
+              "build_args": {"BASE": playground.base}, "insecure_registry": True,
+              "runner": runner}
+    return run_deployment(stack, "build-kubernetes", params, watch=watch,
+                          job_variables={"image": cluster.builder_image})
 
 
 class PodRecorder:
@@ -129,9 +140,8 @@ def start_slow_run(git_daemon: GitDaemon, stack: Stack, worker: KubernetesWorker
     """Run build-kubernetes on a slow Containerfile committed to `repo`; return once both
     builds run, with the flow run's id and its (one) flow-run Job."""
     context = make_repo(git_daemon, repo, SLOW_CONTAINERFILE)
-    flow_run_id, done = run_deployment(
-        stack, "build-kubernetes", run_params(playground, image=image, context=context),
-        watch=False)
+    flow_run_id, done = run_build_kubernetes(stack, cluster, playground, image=image,
+                                             context=context, watch=False)
     wait_for_both_builds(stack, worker, cluster, flow_run_id, done)
     [flow_job] = flow_run_jobs(cluster, flow_run_id)
     return flow_run_id, flow_job
@@ -153,10 +163,9 @@ def delete_flow_run_job(cluster: Any, name: str) -> None:
                                         propagation_policy="Background")
 
 
-def assert_from_the_pool_template(job: dict[str, Any], stack: Stack) -> None:
-    """The flow-run Job is the pool's base job template with its defaults and the
-    deployment's job variables (the builder image)."""
-    image = stack.deployment("build-kubernetes")["job_variables"]["image"]
+def assert_from_the_pool_template(job: dict[str, Any], stack: Stack, image: str) -> None:
+    """The flow-run Job is the pool's base job template with its defaults and the run's
+    job variables (the builder image)."""
     assert job["spec"]["backoffLimit"] == 0
     assert job["spec"]["ttlSecondsAfterFinished"] == 86400
     pod = job["spec"]["template"]["spec"]
@@ -176,14 +185,14 @@ def diagnostics(stack: Stack, worker: KubernetesWorker, done: Any = None) -> str
 
 
 @pytest.fixture
-def cluster(kube_cluster: Any) -> Iterator[Any]:
+def cluster(kube_builder: Any) -> Iterator[Any]:
     """The session's cluster; the flow-run Jobs the worker's template keeps are deleted
     at the end (the fixture then checks that nothing else is left)."""
-    yield kube_cluster
-    for job in kube_cluster.jobs():
+    yield kube_builder
+    for job in kube_builder.jobs():
         if FLOW_RUN_LABEL in labels(job):
-            delete_flow_run_job(kube_cluster, job["metadata"]["name"])
-    kube_cluster.wait_for(lambda: not kube_cluster.jobs(), timeout=30, what="Jobs to go")
+            delete_flow_run_job(kube_builder, job["metadata"]["name"])
+    kube_builder.wait_for(lambda: not kube_builder.jobs(), timeout=30, what="Jobs to go")
 
 
 def test_build_kubernetes_deployment_runs_through_the_kubernetes_worker(
@@ -194,9 +203,8 @@ def test_build_kubernetes_deployment_runs_through_the_kubernetes_worker(
     image = f"{playground.address}/e2e/kube-hello:latest"
     started = time.monotonic()
     with PodRecorder(cluster) as pods:
-        flow_run_id, done = run_deployment(
-            stack, "build-kubernetes", run_params(playground, image=image, context=context),
-            watch=True)
+        flow_run_id, done = run_build_kubernetes(stack, cluster, playground, image=image,
+                                                 context=context, watch=True)
     wall_s = time.monotonic() - started
     run = stack.flow_run(flow_run_id)
     assert run["state"]["type"] == "COMPLETED", (
@@ -220,7 +228,7 @@ def test_build_kubernetes_deployment_runs_through_the_kubernetes_worker(
     by_flow = [e for e in creations if LABEL_COMPONENT in labels(e["requestObject"])]
     assert len(by_worker) == 1 and len(by_flow) == 3, [e["user"] for e in creations]
     assert by_worker[0]["user"]["username"] == "kubernetes-admin"
-    assert_from_the_pool_template(by_worker[0]["requestObject"], stack)
+    assert_from_the_pool_template(by_worker[0]["requestObject"], stack, cluster.builder_image)
     [flow_job] = flow_run_jobs(cluster, flow_run_id)  # kept by the template's TTL
     flow_job_name = flow_job["metadata"]["name"]
     [flow_pod] = pods.with_label("job-name", flow_job_name)

@@ -469,7 +469,7 @@ def test_a_deployment_passing_a_token_in_context_is_warned_and_redacted(
 
 
 def test_kubernetes_fetch_gets_the_token_only_from_its_mounted_secret(
-    playground, prefect_server, git_server, tmp_path, record_scenario, monkeypatch, kube_cluster
+    playground, prefect_server, git_server, tmp_path, record_scenario, monkeypatch, kube_builder
 ):
     """The fetch pod's git reads a Secret mounted only into that container; the Job spec
     carries the Secret's name. (The worker's own git calls use a credentials file.)"""
@@ -480,10 +480,9 @@ def test_kubernetes_fetch_gets_the_token_only_from_its_mounted_secret(
     store = tmp_path / "worker-credentials"
     store.write_text(f"{line}\n")
     monkeypatch.setenv(ENV_CREDENTIALS_FILE, str(store))
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     repository = f"tests/creds-kube-{uuid.uuid4().hex[:8]}"
     image = f"{playground.address}/{repository}:1"
-    cluster = kube_cluster
+    cluster = kube_builder
     cluster.create_secret("git-creds", data={GIT_CREDENTIALS_KEY: f"{line}\n"})
     try:
         before = git_server.authorised
@@ -492,7 +491,7 @@ def test_kubernetes_fetch_gets_the_token_only_from_its_mounted_secret(
             git_ref="main", insecure_registry=True, return_state=True,
             runner={"kind": "kubernetes", "timeout_s": 600, "kubernetes": {
                 "kubeconfig": str(cluster.kubeconfig), "namespace": cluster.namespace,
-                "builder_image": "multiarch-builder:test", "unschedulable_grace_s": 2,
+                "builder_image": cluster.builder_image, "unschedulable_grace_s": 2,
                 "git_credentials_secret": "git-creds"}},
         )
         assert state.is_completed(), state.message
@@ -502,7 +501,7 @@ def test_kubernetes_fetch_gets_the_token_only_from_its_mounted_secret(
             git_ref="main", insecure_registry=True, return_state=True,
             runner={"kind": "kubernetes", "timeout_s": 600, "kubernetes": {
                 "kubeconfig": str(cluster.kubeconfig), "namespace": cluster.namespace,
-                "builder_image": "multiarch-builder:test", "unschedulable_grace_s": 2}},
+                "builder_image": cluster.builder_image, "unschedulable_grace_s": 2}},
         )
         assert without.is_failed()  # the worker's file never reaches a pod
         assert "step fetch" in without.message or "fetch" in without.message, without.message

@@ -74,10 +74,8 @@ BASELINE = "multiarch-baseline"  # a namespace at Pod Security "baseline"
 
 
 @pytest.fixture
-def cluster(kube_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Cluster:
-    """Pods run `multiarch` and the tools from PATH, as the builder image would provide."""
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    return kube_cluster
+def cluster(kube_builder: Cluster) -> Cluster:
+    return kube_builder
 
 
 def make_repo(daemon: GitDaemon, root: Path, containerfile: str) -> PinnedSource:

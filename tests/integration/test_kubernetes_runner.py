@@ -10,12 +10,9 @@ registry.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -53,14 +50,8 @@ RUN if [ "$(uname -m)" = aarch64 ]; then echo "no aarch64 here" >&2; exit 7; fi
 
 
 @pytest.fixture
-def builder_path(monkeypatch):
-    """Pods run `multiarch` and the tools from PATH, as the builder image would provide."""
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-
-
-@pytest.fixture
-def cluster(kube_cluster, builder_path):
-    return kube_cluster
+def cluster(kube_builder):
+    return kube_builder
 
 
 def assert_carries(received, sent, path: str = "job") -> None:
@@ -88,7 +79,7 @@ def kube_runner_options(cluster, **extra) -> dict:
         "kubernetes": {
             "kubeconfig": str(cluster.kubeconfig),
             "namespace": cluster.namespace,
-            "builder_image": "multiarch-builder:test",
+            "builder_image": cluster.builder_image,
             "unschedulable_grace_s": 2,
             **extra,
         },
@@ -432,14 +423,16 @@ def test_missing_kubeconfig_is_a_configuration_error(tmp_path):
 
 
 def test_missing_builder_image_fails_at_once_with_a_hint(git_daemon, cluster, playground, tmp_path):
-    cluster.set_unpullable_images({"registry.example.com/nope/builder:0"})
+    """A tag the registry does not have: the node's pull fails (ErrImagePull, then
+    ImagePullBackOff) and the runner names the option to fix."""
+    missing = f"{playground.address}/nope/builder:0"
     context = make_repo(git_daemon, tmp_path / "repo2", CONTAINERFILE)
     request = BuildRequest(
         image=f"{playground.address}/tests/kube-nopull:1",
         platforms=("linux/amd64",),
         context=context,
         insecure_registry=True,
-        runner=kube_runner_options(cluster, builder_image="registry.example.com/nope/builder:0"),
+        runner=kube_runner_options(cluster, builder_image=missing),
     )
     source = PinnedSource(
         kind="git",
@@ -457,8 +450,8 @@ def test_missing_builder_image_fails_at_once_with_a_hint(git_daemon, cluster, pl
             emit=lambda _: None,
         )
     message = str(failure.value)
-    assert "cannot pull its image (ImagePullBackOff)" in message
-    assert "builder_image" in message
+    assert "cannot pull its image" in message and "ImagePull" in message
+    assert "builder_image" in message and missing in message
     assert_nothing_left(cluster)
 
 
