@@ -1,8 +1,11 @@
-"""Fixtures every test directory may use: the real test cluster (started on first use,
-once per session; see tests/cluster/fixtures.py) and the git daemon its pods clone from
-(tests/integration/git_repos.py)."""
+"""Fixtures every test directory may use, registered once here so that the whole session
+shares one instance of each: the registry, base images and Prefect server
+(tests/sessions.py), the real test cluster (tests/cluster/fixtures.py) and the git
+daemon its pods clone from (tests/integration/git_repos.py)."""
 
-from tests.cluster.fixtures import kube_cluster, kube_session
+from tests.cluster.fixtures import kube_builder, kube_cluster, kube_session
 from tests.integration.git_repos import git_daemon
+from tests.sessions import playground, prefect_server
 
-__all__ = ["git_daemon", "kube_cluster", "kube_session"]
+__all__ = ["git_daemon", "kube_builder", "kube_cluster", "kube_session", "playground",
+           "prefect_server"]

@@ -48,6 +48,15 @@ def kube_cluster(kube_session: Cluster) -> Iterator[Cluster]:
     assert_nothing_left(kube_session)
 
 
+@pytest.fixture
+def kube_builder(kube_cluster: Cluster, builder_image: str) -> Cluster:
+    """The test's cluster with `builder_image` set to the builder image of this checkout
+    in the session registry (tests/sessions.py): what build, publish and flow-run pods
+    run, as on a user's cluster."""
+    kube_cluster.builder_image = builder_image
+    return kube_cluster
+
+
 def assert_nothing_left(cluster: Cluster) -> None:
     """Jobs are deleted with Background propagation: their pods go shortly after."""
     assert cluster.jobs() == [], "a Job was left behind"

@@ -16,9 +16,8 @@ from kubernetes.client.rest import ApiException
 from multiarch.runners.kubernetes.manifests import ANNOTATION_EMULATED
 from tests.cluster import binary
 from tests.cluster.handle import Cluster
-from tests.integration.conftest import Playground, playground
+from tests.sessions import Playground
 
-__all__ = ["playground"]  # the session registry with the busybox base image, for the pods
 pytestmark = pytest.mark.integration
 
 

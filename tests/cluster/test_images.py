@@ -31,9 +31,8 @@ from devtools.registry import free_port
 from tests.cluster.agent.images import DEFAULT_CACHE, ImageStore
 from tests.cluster.controlplane import NodeSpec
 from tests.cluster.handle import REPO_ROOT, Cluster
-from tests.integration.conftest import Playground, playground
+from tests.sessions import Playground
 
-__all__ = ["playground"]
 pytestmark = pytest.mark.integration
 Obj = dict[str, Any]
 

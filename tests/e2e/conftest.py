@@ -3,8 +3,7 @@
 One real Prefect server (SQLite) and one process worker for the module, started by the same
 command as `make serve` (`python -m devtools serve`), on a free port with all state under a
 temporary directory, and stopped by the same command as `make stop`. The registry and the
-base image come from the integration tests' `playground` fixture (declared again here, so
-it is visible to tests/e2e; in a full run it is a second, independent instance).
+base image come from the session's `playground` fixture (tests/sessions.py).
 `kubernetes_worker` adds a Prefect Kubernetes worker for the stack's multiarch-k8s pool,
 against the session's test cluster (tests/cluster).
 """
@@ -27,11 +26,7 @@ import httpx
 import pytest
 
 from devtools.registry import free_port
-from tests.integration import conftest as integration
-from tests.integration.conftest import REPO_ROOT, Playground
-
-# Re-declared: the fixtures of tests/integration/conftest.py are not visible in tests/e2e.
-playground = integration.playground
+from tests.sessions import REPO_ROOT, Playground
 
 SERVE = [sys.executable, "-m", "devtools", "serve"]
 STOP = [sys.executable, "-m", "devtools", "stop"]

@@ -1,5 +1,5 @@
-"""Fixtures of the fault scenarios: the integration suite's real registry and Prefect server,
-a fault proxy in front of that registry, and a work directory per test."""
+"""Fixtures of the fault scenarios: a fault proxy in front of the session's registry
+(tests/sessions.py), the scenario report, and a work directory per test."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,9 +8,8 @@ import pytest
 
 from tests.faults.fault_proxy import FaultProxy
 from tests.faults.scenario_report import record_scenario
-from tests.integration.conftest import playground, prefect_server
 
-__all__ = ["playground", "prefect_server", "proxy", "record_scenario", "work"]
+__all__ = ["proxy", "record_scenario", "work"]
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from devtools.registry import free_port
-from tests.integration.conftest import REPO_ROOT, playground  # noqa: F401
+from tests.sessions import REPO_ROOT
 
 SERVER_STARTUP_TIMEOUT = 120.0
 INSTALL_HINT = (
