@@ -62,13 +62,17 @@ def builder_reference(address: str, *, tag: str) -> str:
     return f"{address}/{REPOSITORY}:{tag}"
 
 
-def prepare_context(*, dest: Path, repo_root: Path = REPO_ROOT) -> BuilderContext:
+def prepare_context(*, dest: Path, repo_root: Path = REPO_ROOT,
+                    wheel_cache: Path | None = None) -> BuilderContext:
     """Fill `dest` with the Containerfile, its config files, the wheel, requirements.txt
     (the project's dependencies) and constraints.txt (the host venv's versions).
 
     Files are rewritten only when their bytes change, so the context digest of an unchanged
-    checkout stays the same and `rebuild: if-changed` skips the build.
+    checkout stays the same and `rebuild: if-changed` skips the build. Downloaded
+    wheelhouses are kept in `wheel_cache` (default `<repo>/.local/wheelhouse`), shared by
+    every context of the checkout.
     """
+    wheel_cache = wheel_cache or repo_root / ".local" / "wheelhouse"
     dest.mkdir(parents=True, exist_ok=True)
     for name in CONTEXT_FILES:
         _write_if_changed(dest / name, (repo_root / "deployments" / "builder" / name).read_bytes())
@@ -77,7 +81,7 @@ def prepare_context(*, dest: Path, repo_root: Path = REPO_ROOT) -> BuilderContex
     _write_if_changed(dest / "requirements.txt", "".join(f"{d}\n" for d in dependencies).encode())
     _write_if_changed(dest / "constraints.txt", host_constraints().encode())
     download_wheels(dest=dest / "wheelhouse", requirements=dest / "requirements.txt",
-                    constraints=dest / "constraints.txt")
+                    constraints=dest / "constraints.txt", cache_dir=wheel_cache)
     wheel = build_wheel(repo_root=repo_root)
     wheels = dest / "wheels"
     wheels.mkdir(exist_ok=True)
@@ -118,7 +122,33 @@ def wheel_platforms(machine: str) -> list[str]:
     return tags
 
 
-def download_wheels(*, dest: Path, requirements: Path, constraints: Path) -> None:
+def debian_python(venv: Path) -> str:
+    """A throwaway venv of Debian's own python3 (the image's 3.11.2) for `pip download`.
+
+    pip evaluates environment markers with the interpreter it runs in, whatever
+    --python-version says, and the host venv's Python may be another patch release: redis
+    needs async-timeout only on `python_full_version < "3.11.3"`, which a 3.11.7 pip drops.
+    """
+    python = "/usr/bin/python3"
+    done = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0 or done.stdout.strip() != IMAGE_PYTHON:
+        raise ConfigurationError(
+            f"{python} is {done.stdout.strip() or 'missing'}, the builder image's Python is "
+            f"{IMAGE_PYTHON}: the dependency wheels are resolved with Debian 12's python3 "
+            "(apt-get install python3-venv)"
+        )
+    created = subprocess.run([python, "-m", "venv", str(venv)], capture_output=True,
+                             text=True, check=False)
+    if created.returncode != 0:
+        raise ConfigurationError(
+            f"python3 -m venv failed (apt-get install python3-venv): {created.stderr[-400:]}"
+        )
+    return str(venv / "bin" / "python")
+
+
+def download_wheels(*, dest: Path, requirements: Path, constraints: Path,
+                    cache_dir: Path) -> None:
     """The dependencies' wheels for every architecture of the image, fetched on the host.
 
     The image's pip step then installs from them with --no-index: it needs no network
@@ -129,17 +159,32 @@ def download_wheels(*, dest: Path, requirements: Path, constraints: Path) -> Non
     """
     platforms = {arch: wheel_platforms(machine) for arch, machine in MACHINES.items()}
     material = requirements.read_bytes() + constraints.read_bytes() + json.dumps(
-        [IMAGE_PYTHON, *(platforms[arch] for arch in ARCHES)]).encode()
+        ["debian-python3", IMAGE_PYTHON, *(platforms[arch] for arch in ARCHES)]).encode()
     key = hashlib.sha256(material).hexdigest()
     stamp = dest / ".key"
     if stamp.is_file() and stamp.read_text() == key:
         return
+    cached = cache_dir / key[:16]
+    if not (cached / ".key").is_file():
+        _download(cached, key=key, platforms=platforms, requirements=requirements,
+                  constraints=constraints)
+    partial = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(cached, partial, copy_function=os.link)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(partial, dest)
+
+
+def _download(dest: Path, *, key: str, platforms: dict[str, list[str]], requirements: Path,
+              constraints: Path) -> None:
+    """`pip download` of every architecture's wheels into `dest`, complete or not at all."""
     partial = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    python = debian_python(partial / ".venv")
     for arch in ARCHES:
         argv = [
-            sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+            python, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
             "--only-binary=:all:", *(f"--platform={tag}" for tag in platforms[arch]),
             "--python-version", IMAGE_PYTHON, "--implementation", "cp", "--abi", "cp311",
             "--dest", str(partial), "-r", str(requirements), "-c", str(constraints),
@@ -151,6 +196,7 @@ def download_wheels(*, dest: Path, requirements: Path, constraints: Path) -> Non
                 f"pip download of the builder image's dependencies for {arch} failed: "
                 f"{done.stderr.strip()[-600:]}"
             )
+    shutil.rmtree(partial / ".venv")
     (partial / ".key").write_text(key)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(partial, dest)
@@ -216,13 +262,15 @@ def ensure_builder(
     repo_root: Path = REPO_ROOT,
     base_cache_dir: Path | None = None,
     work_dir: Path | None = None,
+    context_dir: Path | None = None,
 ) -> str:
     """The Debian base (cached tars), then the builder image; returns its version tag."""
     work_dir = work_dir or state_dir / "work"
     base = ensure_debian_base(
         address, state_dir=state_dir, log=log, cache_dir=base_cache_dir, work_dir=work_dir
     )
-    context = prepare_context(dest=state_dir / "builder" / "context", repo_root=repo_root)
+    context = prepare_context(dest=context_dir or state_dir / "builder" / "context",
+                              repo_root=repo_root)
     request = builder_request(address=address, context=context, base=base, work_dir=work_dir)
     result = build_and_publish(request, log=log)
     reference = builder_reference(address, tag=context.version)
@@ -276,7 +324,7 @@ def _build_layout(
         with tempfile.TemporaryDirectory(prefix="builder-work-", dir="/var/tmp") as work:
             reference = ensure_builder(
                 registry.address, state_dir=images_dir, log=log, repo_root=repo_root,
-                base_cache_dir=base_cache_dir, work_dir=Path(work),
+                base_cache_dir=base_cache_dir, work_dir=Path(work), context_dir=context.path,
             )
         partial = layout.with_name(f".{layout.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -285,7 +333,7 @@ def _build_layout(
     finally:
         stop_registry(state_dir=registry_dir)
     for stale in images_dir.glob("builder-*"):
-        if stale.is_dir() and stale != layout and stale.name != "builder-context":
+        if stale.is_dir() and stale != layout and stale != context.path:
             shutil.rmtree(stale, ignore_errors=True)
 
 
