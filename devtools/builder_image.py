@@ -89,7 +89,7 @@ def prepare_context(*, dest: Path, repo_root: Path = REPO_ROOT,
         if stale.name != wheel.name:
             stale.unlink()
     _write_if_changed(wheels / wheel.name, wheel.read_bytes())
-    shutil.rmtree(wheel.parent, ignore_errors=True)
+    shutil.rmtree(wheel.parents[1], ignore_errors=True)  # the scratch dir of build_wheel
     key = hashlib.sha256(f"{tree_digest(dest)} {cache_key(ARCHES)}".encode()).hexdigest()[:16]
     return BuilderContext(path=dest, version=project_version(repo_root), key=key)
 
@@ -207,8 +207,8 @@ def build_wheel(*, repo_root: Path = REPO_ROOT) -> Path:
 
     A copy, because setuptools reuses `build/` in the source tree and would carry modules
     deleted since; SOURCE_DATE_EPOCH makes the zip's timestamps fixed, so the same sources
-    give the same wheel bytes. Returns the wheel in a temporary directory (the caller
-    removes its parent).
+    give the same wheel bytes. Returns `<scratch>/wheel/<name>.whl`; the caller removes
+    `<scratch>` (the wheel's grandparent).
     """
     scratch = Path(tempfile.mkdtemp(prefix="multiarch-wheel-"))
     source = scratch / "src"
