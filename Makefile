@@ -7,13 +7,14 @@ PORT ?= 5000
 REGISTRY := 127.0.0.1:$(PORT)
 PYTHON ?= python3
 
-.PHONY: help deps venv up down demo test lint format clean serve stop bench reliability gc cluster cluster-down
+.PHONY: help deps venv up down builder demo test lint format clean serve stop bench reliability gc cluster cluster-down
 
 help:
 	@echo "make demo   - install what is missing, start a local registry, build examples/hello for amd64+arm64"
 	@echo "make test   - lint and run every test (unit + integration)"
 	@echo "make up     - local registry, QEMU emulation and the offline base image only"
 	@echo "make down   - stop the local registry"
+	@echo "make builder - make up, then the Debian 12 base and the builder image for amd64+arm64 -> $(REGISTRY)/multiarch/builder"
 	@echo "make serve  - make up, then a Prefect server + UI on 127.0.0.1:4200, work pools, a worker, the deployments"
 	@echo "make stop   - stop the Prefect server and worker of make serve (the registry keeps running)"
 	@echo "make bench  - benchmarks B1-B4 -> bench/results/latest.{json,md,png} (BENCH_QUICK=1: tiny run)"
@@ -36,6 +37,11 @@ $(VENV)/.installed: pyproject.toml
 
 up: deps venv
 	$(BIN)/python -m devtools up --state-dir $(STATE) --port $(PORT)
+
+# The Debian 12 base (mmdebstrap, tars cached under $(STATE)/debian-base/) and the builder image
+# (deployments/builder/Containerfile) built by this project's flow: $(REGISTRY)/multiarch/builder.
+builder: up
+	$(BIN)/python -m devtools builder --state-dir $(STATE) --port $(PORT)
 
 demo: up
 	$(BIN)/multiarch build \

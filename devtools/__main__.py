@@ -1,7 +1,8 @@
-"""`python -m devtools up|down|status|serve|stop`: the one-machine development services.
+"""`python -m devtools up|down|status|builder|serve|stop`: the one-machine development services.
 
 up/down/status: the local registry, QEMU emulation and the busybox base image (`make up`,
-`make down`); serve/stop: a Prefect server, work pools, a worker and the deployments on top
+`make down`); builder: the Debian base and the multi-arch builder image (`make builder`,
+after `make up`); serve/stop: a Prefect server, work pools, a worker and the deployments on top
 (`make serve`, `make stop`). Not part of the shipped package: it runs from a checkout.
 """
 
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from devtools import playground, serve, supervisor
+from devtools import builder_image, playground, serve, supervisor
 from devtools.serve_config import ServeError, load_settings
 from multiarch.errors import MultiarchError
 
@@ -22,7 +23,7 @@ DEFAULT_REGISTRY_PORT = 5000
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m devtools", description=__doc__)
-    parser.add_argument("action", choices=["up", "down", "status", "serve", "stop"])
+    parser.add_argument("action", choices=["up", "down", "status", "builder", "serve", "stop"])
     parser.add_argument(
         "--state-dir",
         type=Path,
@@ -50,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     port = args.port or DEFAULT_REGISTRY_PORT
     if args.action == "up":
         playground.up(state_dir=state_dir, port=port, rebuild_base=args.rebuild_base)
+    elif args.action == "builder":
+        address = f"127.0.0.1:{port}"
+        builder_image.ensure_builder(address, state_dir=state_dir, log=playground.console_logger())
     elif args.action == "down":
         playground.down(state_dir=state_dir)
     else:

@@ -108,11 +108,20 @@ def resolve_git_ref(url: str, ref: str, *, block: str | None = None) -> str:
 
 
 def local_revision(directory: Path) -> str | None:
-    """The commit of a clean git work tree holding the context, else None (not pinnable)."""
+    """The commit of a clean git work tree holding the context, else None (not pinnable).
+
+    A context inside an ignored directory (a generated one under `.local/`) is not in the
+    commit at all, and `git status` shows nothing for it: without the check-ignore it would
+    be labelled with HEAD, and `rebuild: if-changed` would rebuild it after every commit.
+    """
     try:
         head = capture(["git", "-C", str(directory), "rev-parse", "HEAD"],
                        what="reading the context's commit", timeout_s=30)
         if not head.ok:
+            return None
+        ignored = capture(["git", "-C", str(directory), "check-ignore", "--quiet", "."],
+                          what="checking the context is tracked", timeout_s=30)
+        if ignored.exit_code == 0:
             return None
         status = capture(["git", "-C", str(directory), "status", "--porcelain", "--", "."],
                          what="checking the context is clean", timeout_s=30)

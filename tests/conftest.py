@@ -5,7 +5,7 @@ daemon its pods clone from (tests/integration/git_repos.py)."""
 
 from tests.cluster.fixtures import kube_builder, kube_cluster, kube_session
 from tests.integration.git_repos import git_daemon
-from tests.sessions import playground, prefect_server
+from tests.sessions import builder_image, debian_base, playground, prefect_server
 
-__all__ = ["git_daemon", "kube_builder", "kube_cluster", "kube_session", "playground",
-           "prefect_server"]
+__all__ = ["builder_image", "debian_base", "git_daemon", "kube_builder", "kube_cluster",
+           "kube_session", "playground", "prefect_server"]
