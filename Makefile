@@ -54,7 +54,7 @@ demo: up
 
 test: deps venv
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
 
 # The fault suite alone, recording each scenario; its tables replace docs/reliability.md's.
 reliability: deps venv
