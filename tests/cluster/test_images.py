@@ -143,28 +143,16 @@ def test_a_privileged_container_gets_the_hosts_devices_and_sys_stays_read_only(
                                                                    "sys-read-only"]
 
 
-DEBIAN_OCI = Path(os.environ.get("MULTIARCH_TEST_DEBIAN_OCI", "/work/probe/debian.oci"))
-
-
-@pytest.fixture(scope="module")
-def debian_image(playground: Playground) -> str:
-    """Debian 12 for amd64 and arm64 from a multi-arch OCI layout (tag bookworm) pushed to
-    the session registry: a realistic image (about 60 MB compressed per platform)."""
-    reference = f"{playground.address}/library/debian:bookworm"
-    subprocess.run(["skopeo", "copy", "--quiet", "--all", f"oci:{DEBIAN_OCI}:bookworm",
-                    f"docker://{reference}", "--dest-tls-verify=false"],
-                   check=True, capture_output=True)
-    return reference
-
-
 def test_debian_runs_as_itself_on_both_architectures(
-    kube_cluster: Cluster, debian_image: str, pods: list[str],
+    kube_cluster: Cluster, debian_base: str, pods: list[str],
 ) -> None:
+    """Debian 12 for amd64 and arm64 (the base of `make builder`, tests/sessions.py): a
+    realistic image, about 60 MB compressed per platform."""
     script = (". /etc/os-release; echo $ID $VERSION_ID; dpkg --print-architecture; "
               "test -e /usr/bin/python3 && echo host-python || echo no-python")
     for arch in ("amd64", "arm64"):
         name = f"debian-{arch}"
-        done = run(kube_cluster, pods, pod_body(name, debian_image, arch=arch,
+        done = run(kube_cluster, pods, pod_body(name, debian_base, arch=arch,
                                                 command=["sh", "-c", script]))
         assert done["status"]["phase"] == "Succeeded", done["status"]
         assert kube_cluster.pod_log(name, "main").split("\n")[:3] == [
