@@ -265,15 +265,23 @@ class ImageStore:
         started = time.monotonic()
         reference = Reference.parse(image)
         digest = self.resolve(image, authfile=authfile)
-        waited = 0.0
-        with self._lock(digest, fcntl.LOCK_EX) as wait_s:
-            waited = wait_s
+        # Shared first: containers running on this digest hold it shared (`in_use`), here
+        # or on another node of the machine, and an exclusive request would wait for them
+        # all to end (a flow-run pod waits for the build pods that pull its image).
+        with self._lock(digest, fcntl.LOCK_SH) as waited:
             found = self._load(reference, digest)
-            unpacked = found is None
-            if found is None:
-                self._reap_scratch()
-                found = self._unpack(reference, digest, authfile)
-            os.utime(self._entry(digest))  # last used, for the LRU bound
+            if found is not None:
+                os.utime(self._entry(digest))  # last used, for the LRU bound
+        unpacked = False
+        if found is None:
+            with self._lock(digest, fcntl.LOCK_EX) as wait_s:
+                waited += wait_s
+                found = self._load(reference, digest)  # another agent may have won the race
+                if found is None:
+                    self._reap_scratch()
+                    found = self._unpack(reference, digest, authfile)
+                    unpacked = True
+                os.utime(self._entry(digest))
         self._remember(reference, digest, credential if authfile is not None else None)
         self._evict(keep=digest)
         return PullResult(image=found, unpacked=unpacked,
