@@ -241,6 +241,24 @@ def test_a_second_pod_finds_the_image_present_and_nothing_is_unpacked_again(
     assert busybox.stat().st_ino == inode, "the cached digest was unpacked again"
 
 
+def test_pulling_an_image_a_running_container_uses_does_not_wait_for_it(
+    kube_cluster: Cluster, playground: Playground, pods: list[str],
+) -> None:
+    """imagePullPolicy Always re-pulls while another pod runs on the same digest (as a
+    flow-run pod runs while its build pods pull the builder image): the pull must not wait
+    for that container to end."""
+    pods.append("holder")
+    kube_cluster.core.create_namespaced_pod(kube_cluster.namespace, pod_body(
+        "holder", playground.base, command=["sleep", "299"],
+        container={"imagePullPolicy": "Always"}))
+    wait_phase(kube_cluster, "holder", {"Running"})
+    second = run(kube_cluster, pods, pod_body(
+        "puller", playground.base, command=["true"], container={"imagePullPolicy": "Always"}))
+    assert second["status"]["phase"] == "Succeeded"
+    assert [r for r, _, _ in messages(kube_cluster, "puller") if r.startswith("Pull")] == [
+        "Pulling", "Pulled"]
+
+
 def test_a_missing_tag_waits_in_err_image_pull_then_back_off_and_is_retried(
     kube_cluster: Cluster, playground: Playground, pods: list[str],
 ) -> None:
