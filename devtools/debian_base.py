@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devtools.busybox import DEBIAN_ARCHES
+from devtools.playground import publish_local_base
 from multiarch.emulation import ensure_emulation, host_architecture
 from multiarch.errors import ConfigurationError
-from multiarch.orchestrate import build_and_publish
-from multiarch.request import BuildRequest, RunnerOptions
 
 REPOSITORY = "library/debian"
 SUITE = "bookworm"
@@ -211,18 +210,10 @@ def ensure_debian_base(
         arches=arches,
         log=log,
     )
-    request = BuildRequest(
-        image=reference,
-        platforms=tuple(f"linux/{arch}" for arch in arches),
-        context=str(context),
-        allow_emulation=True,
-        insecure_registry=True,
-        rebuild="if-changed",
-        source_date_epoch=SOURCE_DATE_EPOCH,
-        runner=RunnerOptions(work_dir=str(work_dir or state_dir / "work")),
-    )
-    result = build_and_publish(request, log=log)
-    log.info(f"debian base: {reference} -> {result.index_digest}")
+    digest = publish_local_base(reference, context=context, arches=arches,
+                                work_dir=work_dir or state_dir / "work", log=log,
+                                rebuild="if-changed", source_date_epoch=SOURCE_DATE_EPOCH)
+    log.info(f"debian base: {reference} -> {digest}")
     return reference
 
 

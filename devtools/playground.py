@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from devtools.busybox import prepare_busybox_context
 from devtools.registry import LocalRegistry, registry_status, start_registry, stop_registry
@@ -64,17 +66,27 @@ def ensure_base_image(
     context = prepare_busybox_context(
         dest=state_dir / "base-context", cache_dir=state_dir / "debs", arches=PLAYGROUND_ARCHES
     )
+    digest = publish_local_base(reference, context=context, arches=PLAYGROUND_ARCHES,
+                                work_dir=state_dir / "work", log=log)
+    log.info(f"base image: {reference} -> {digest}")
+    return reference
+
+
+def publish_local_base(reference: str, *, context: Path, arches: Sequence[str],
+                       work_dir: Path, log: logging.Logger, **options: Any) -> str:
+    """Build a base image's context for `arches` with the project's own flow and push it to
+    a registry on this machine (plain http; foreign arches through QEMU); return the index
+    digest. The busybox and Debian bases differ only in their context and `options`."""
     request = BuildRequest(
         image=reference,
-        platforms=tuple(f"linux/{arch}" for arch in PLAYGROUND_ARCHES),
+        platforms=tuple(f"linux/{arch}" for arch in arches),
         context=str(context),
         allow_emulation=True,
         insecure_registry=True,
-        runner=RunnerOptions(work_dir=str(state_dir / "work")),
+        runner=RunnerOptions(work_dir=str(work_dir)),
+        **options,
     )
-    result = build_and_publish(request, log=log)
-    log.info(f"base image: {reference} -> {result.index_digest}")
-    return reference
+    return build_and_publish(request, log=log).index_digest
 
 
 def down(*, state_dir: Path) -> None:
