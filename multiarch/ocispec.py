@@ -24,6 +24,18 @@ BASE_NAME_ANNOTATION = "org.opencontainers.image.base.name"
 BASE_DIGEST_ANNOTATION = "org.opencontainers.image.base.digest"
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 
+# image-spec v1.1 manifest.md, "Guidance for an Empty Descriptor": the `{}` blob that an
+# artifact manifest names as its config when the artifact has none; its `artifactType`
+# then says what the artifact is.
+MEDIA_TYPE_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_JSON = b"{}"
+EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+EMPTY_DATA = "e30="  # base64 of EMPTY_JSON, embedded in the descriptor
+
+# distribution-spec v1.1: a registry with the referrers API answers a manifest PUT that has
+# a `subject` with this header; without it the client keeps the referrers tag itself.
+OCI_SUBJECT_HEADER = "OCI-Subject"
+
 # image-layout.md: "The oci-layout file ... imageLayoutVersion"
 LAYOUT_FILE_CONTENT = '{"imageLayoutVersion":"1.0.0"}'
 
