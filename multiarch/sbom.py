@@ -178,7 +178,7 @@ def sbom_for_layout(layout: Path, ref: str, *, name: str, created: datetime,
 
 def pin_document(document: bytes, *, created: datetime, subject_digest: str) -> bytes:
     """Replace what syft stamps per run (clock, random namespace UUID) with what is fixed
-    for this image, and serialise compactly in syft's key order."""
+    for this image, and serialise compactly in syft's key order. A naive `created` is UTC."""
     try:
         data = json.loads(document)
         namespace = data["documentNamespace"]
@@ -192,6 +192,8 @@ def pin_document(document: bytes, *, created: datetime, subject_digest: str) -> 
         data["documentNamespace"] = _TRAILING_UUID.sub(stable, namespace)
     else:
         data["documentNamespace"] = f"{namespace.rstrip('/-')}-{stable}"
+    if created.tzinfo is None:  # not the machine's zone: that would differ between machines
+        created = created.replace(tzinfo=UTC)
     info["created"] = created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 

@@ -97,13 +97,18 @@ def test_platforms_get_different_documents(layouts):
         documents["arm64"])["busybox"]  # one Debian version, two architectures
 
 
-def test_a_layout_holding_both_platforms_is_scanned_for_the_ref_asked_for(playground, tmp_path):
+def test_a_layout_holding_both_platforms_is_scanned_for_the_ref_asked_for(
+    playground, layouts, tmp_path
+):
     layout = tmp_path / "both"
     digests = {arch: copy_platform(playground.base, arch, layout, arch) for arch in ARCHES}
-    document = json.loads(sbom_for_layout(layout, "arm64", name=NAME, created=EPOCH,
-                                          subject_digest=digests["arm64"]))
-    versions = {p["versionInfo"] for p in document["packages"]}
+    raw = sbom_for_layout(layout, "arm64", name=NAME, created=EPOCH,
+                          subject_digest=digests["arm64"])
+    versions = {p["versionInfo"] for p in json.loads(raw)["packages"]}
     assert digests["arm64"] in versions and digests["amd64"] not in versions
+    # where the image is kept, and what else the layout holds, do not show in the SBOM
+    alone, digest = layouts["arm64"]
+    assert raw == sbom_for_layout(alone, "image", name=NAME, created=EPOCH, subject_digest=digest)
 
 
 def test_an_sbom_is_not_made_for_a_digest_the_layout_does_not_hold(layouts):

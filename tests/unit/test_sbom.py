@@ -137,6 +137,9 @@ def test_another_subject_gets_another_namespace_and_created_is_utc():
                                 subject_digest="sha256:" + "0" * 64))
     assert a["documentNamespace"] != b["documentNamespace"]
     assert b["creationInfo"]["created"] == "2024-05-06T07:08:09Z"
+    naive = json.loads(pin_document(RAW, created=EPOCH.replace(tzinfo=None),
+                                    subject_digest=SUBJECT))
+    assert naive["creationInfo"]["created"] == "2024-05-06T07:08:09Z"
 
 
 def test_a_document_that_is_not_spdx_2_3_is_refused():
