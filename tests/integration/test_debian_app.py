@@ -5,6 +5,7 @@ binaries."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from devtools.busybox import ELF_MACHINES, elf_machine
 from multiarch.orchestrate import build_and_publish
 from multiarch.request import BuildRequest, RunnerOptions
+from multiarch.sbom import sbom_for_layout, sbom_packages
 from tests.integration.conftest import REPO_ROOT, read_image_file, skopeo_raw
 
 pytestmark = pytest.mark.integration
@@ -45,3 +47,16 @@ def test_debian_app_builds_for_both_platforms(
         scratch.mkdir()
         jq = read_image_file(f"{repository}@{entry['digest']}", "/usr/bin/jq", scratch=scratch)
         assert elf_machine(jq[:20]) == ELF_MACHINES[arch], arch
+        # read_image_file left the platform's layout (ref "pulled"): its SBOM names the
+        # apt-installed jq at the version dpkg recorded in the image
+        packages = sbom_packages(sbom_for_layout(
+            scratch / "pulled", "pulled", name=repository, subject_digest=entry["digest"],
+            created=datetime(2024, 1, 1, tzinfo=UTC)))
+        (scratch / "dpkg").mkdir()
+        status = read_image_file(f"{repository}@{entry['digest']}", "/var/lib/dpkg/status",
+                                 scratch=scratch / "dpkg").decode()
+        jq_entry = next(e for e in status.split("\n\n") if e.startswith("Package: jq\n"))
+        version = next(line.split(": ", 1)[1] for line in jq_entry.splitlines()
+                       if line.startswith("Version: "))
+        assert packages["jq"] == version, arch
+        assert "libjq1" in packages and "dpkg" in packages, arch
