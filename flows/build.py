@@ -22,6 +22,7 @@ from prefect.states import Cancelled, State
 from pydantic import ValidationError
 
 from flows.guard import raise_if_cancelling, signal_name, watch_for_cancellation
+from multiarch.attest import SupplyChainPlan
 from multiarch.errors import ConfigurationError
 from multiarch.orchestrate import PlatformsFailed, failure_summary, run_build, run_record
 from multiarch.parameters import flow_docstring, flow_signature, request_from_parameters
@@ -113,9 +114,11 @@ class PrefectSteps:
 
     def publish(self, request: BuildRequest, source: PinnedSource,
                 images: list[PlatformImage], run: RunContext,
-                annotations: Mapping[str, str] | None) -> BuildResult:
+                annotations: Mapping[str, str] | None,
+                supply: SupplyChainPlan | None = None) -> BuildResult:
         return publish_task(request, source, images, run.dirs,
-                            annotations=dict(annotations) if annotations else None)
+                            annotations=dict(annotations) if annotations else None,
+                            supply=supply)
 
     def run_record(self, request: BuildRequest, dirs: RunDirs) -> RunRecord:
         server_pid = os.environ.get(TEMP_SERVER_PID_ENV)

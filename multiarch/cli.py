@@ -54,6 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--spec", required=True, help="PublishSpec as JSON")
     publish.add_argument("--result-file", help="write the BuildResult JSON here too")
 
+    verify = commands.add_parser(
+        "verify", help="check a published image: index, platforms, signatures, SBOM and "
+        "provenance per platform; exit status 1 on any gap")
+    verify.add_argument("image", help="registry/repository[:tag|@sha256:...] (default tag "
+                        "latest)")
+    verify.add_argument("--key", help="armored GPG public key the signatures must verify "
+                        "with (without it signatures are listed, not checked)")
+    verify.add_argument("--insecure-registry", action="store_true",
+                        help="plain HTTP or unverified TLS (implied for 127.0.0.1/localhost)")
+    verify.add_argument("--export-lookaside", metavar="DIR",
+                        help="also write the verified signatures as a containers lookaside "
+                        "directory (for a skopeo/podman policy: registries.d lookaside: "
+                        "file://DIR)")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    keygen = commands.add_parser(
+        "keygen", help="make a GPG signing key without passphrase: DIR/signing.key (secret, "
+        "0600) and DIR/signing.pub")
+    keygen.add_argument("directory", help="where to write the two files")
+    keygen.add_argument("--force", action="store_true", help="replace existing files")
+
     gc = commands.add_parser("gc", help="remove what killed runs left behind on this machine")
     gc.add_argument("--work-dir", help="work directory (default $MULTIARCH_WORK_DIR or "
                     "/var/tmp/multiarch)")
@@ -102,6 +123,10 @@ def run_build(args: argparse.Namespace, run_flow: RunFlow) -> int:
         print(f"\npublished {result.image} tags: {', '.join(result.tags)}")
         print(f"index digest: {result.index_digest}\n")
         print(text_table(result))
+        for item in result.attestations:
+            print(f"attached {item.kind:<10} of {item.subject}: {item.digest} ({item.size} B)")
+        if result.signed_by:
+            print(f"signed with GPG key {result.signed_by}")
     return 0
 
 
@@ -130,6 +155,65 @@ def run_gc(args: argparse.Namespace) -> int:
     for item in swept:
         print(item)
     print(f"{len(swept)} removed under {work}" if swept else f"nothing to remove under {work}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Print the table of `multiarch.verify`; 0 only when nothing is missing or invalid."""
+    from multiarch.references import ImageReference
+    from multiarch.registry_api import registry_client
+    from multiarch.signing import keyring
+    from multiarch.verify import export_lookaside, text_table, verify_image
+
+    image = ImageReference.model_validate(args.image.split("@", 1)[0])
+    reference = args.image.split("@", 1)[1] if "@" in args.image else (image.tag or "latest")
+    insecure = args.insecure_registry or is_loopback(image.registry)
+    with contextlib.ExitStack() as stack:
+        ring = None
+        if args.key:
+            try:
+                armored = Path(args.key).read_bytes()
+            except OSError as exc:
+                raise MultiarchError(f"--key: cannot read {args.key}: {exc.strerror}") from exc
+            ring = stack.enter_context(keyring(armored, what=f"--key {args.key}"))
+        client = stack.enter_context(registry_client(image.registry, insecure=insecure))
+        report = verify_image(client, image, reference, keyring=ring)
+        if args.export_lookaside and report.ok and report.digest:
+            written = export_lookaside(client, image, report, Path(args.export_lookaside))
+            print(f"wrote {written} signatures under {args.export_lookaside}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"reference": report.reference, "digest": report.digest,
+                          "ok": report.ok, "gaps": report.gaps,
+                          "parts": [vars(p) for p in report.parts]}))
+    else:
+        print(f"{report.reference} -> {report.digest or 'not found'}\n")
+        print(text_table(report))
+        if ring is None:
+            print("\nsignatures not checked: pass --key PUBLIC_KEY to check them")
+        for gap in report.gaps:
+            print(f"GAP: {gap}")
+        print("\nverified: nothing missing" if report.ok
+              else f"\nNOT VERIFIED: {len(report.gaps)} gaps")
+    return 0 if report.ok else 1
+
+
+def is_loopback(registry: str) -> bool:
+    """Docker and containers tools allow plain HTTP to a registry on this machine."""
+    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
+    return host.strip("[]") in ("127.0.0.1", "localhost", "::1")
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    from multiarch.signing import generate_key
+
+    directory = Path(args.directory)
+    existing = [p for p in (directory / "signing.key", directory / "signing.pub") if p.exists()]
+    if existing and not args.force:
+        print(f"multiarch: {existing[0]} exists: keep it, or pass --force to replace it",
+              file=sys.stderr)
+        return 1
+    secret, public = generate_key(directory)
+    print(f"secret key {secret} (keep it private), public key {public}")
     return 0
 
 
@@ -197,6 +281,10 @@ def main(argv: Sequence[str] | None = None, *, run_flow: RunFlow | None = None) 
             return run_publish_layouts(args)
         if args.command == "gc":
             return run_gc(args)
+        if args.command == "verify":
+            return run_verify(args)
+        if args.command == "keygen":
+            return run_keygen(args)
     except ValidationError as exc:
         print(f"multiarch: invalid request: {describe_validation_error(exc)}", file=sys.stderr)
     except MultiarchError as exc:

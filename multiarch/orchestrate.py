@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from multiarch import rebuild
+from multiarch.attest import SupplyChainPlan, supply_plan
 from multiarch.errors import MultiarchError
 from multiarch.platforms import Platform
-from multiarch.preflight import check_target, preflight_request
+from multiarch.preflight import check_signing_block, check_target, preflight_request
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
 from multiarch.runclaim import RunRecord, claim_run, sweep
@@ -60,7 +61,8 @@ class Steps(Protocol):
 
     def publish(self, request: BuildRequest, source: PinnedSource,
                 images: list[PlatformImage], run: RunContext,
-                annotations: Mapping[str, str] | None) -> BuildResult: ...
+                annotations: Mapping[str, str] | None,
+                supply: SupplyChainPlan | None = None) -> BuildResult: ...
 
     def run_record(self, request: BuildRequest, dirs: RunDirs) -> RunRecord: ...
 
@@ -71,7 +73,8 @@ class Steps(Protocol):
 
 def run_build(request: BuildRequest, steps: Steps, *, run_id: str) -> Outcome:
     runner = runner_for(request.runner.kind)
-    for note in [*runner.preflight(request), *preflight_request(request)]:  # before any build
+    for note in [*runner.preflight(request), *preflight_request(request),
+                 *check_signing_block(request)]:  # before any build
         steps.log.info(note)
     source = steps.pin_source(request)
     if request.is_git:  # the target stage is readable once the commit is pinned
@@ -88,8 +91,9 @@ def run_build(request: BuildRequest, steps: Steps, *, run_id: str) -> Outcome:
             steps.log.info(f"swept what a dead run left: {swept}")
         images = steps.build_all(request, source, run)
         annotations = wanted.annotations() if wanted else None
+        supply = supply_plan(request, source, wanted, invocation_id=steps.flow_run_id or run_id)
         steps.before_publish()
-        result = steps.publish(request, source, images, run, annotations)
+        result = steps.publish(request, source, images, run, annotations, supply)
     return Outcome(result=result)
 
 
@@ -169,9 +173,10 @@ class PlainSteps:
 
     def publish(self, request: BuildRequest, source: PinnedSource,
                 images: list[PlatformImage], run: RunContext,
-                annotations: Mapping[str, str] | None) -> BuildResult:
+                annotations: Mapping[str, str] | None,
+                supply: SupplyChainPlan | None = None) -> BuildResult:
         return runner_for(request.runner.kind).publish(request, source, images, run,
-                                                       annotations)
+                                                       annotations, supply)
 
     def run_record(self, request: BuildRequest, dirs: RunDirs) -> RunRecord:
         return run_record(request, dirs)

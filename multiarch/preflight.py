@@ -19,6 +19,7 @@ from multiarch.errors import ConfigurationError, TransientError
 from multiarch.rebuild import read_containerfile
 from multiarch.registry_api import check_push_access
 from multiarch.request import BuildRequest, check_path_for_oci
+from multiarch.signing import check_signing_key
 from multiarch.source import PinnedSource
 from multiarch.workspace import DEFAULT_WORK_DIR, run_dirs
 
@@ -38,7 +39,21 @@ def preflight_request(request: BuildRequest, source: PinnedSource | None = None)
     notes += check_target(request, source)
     notes += check_registry(request)
     notes += check_cache_access(request) + check_cache_use(request, source)
+    notes += check_signing_file(request)
     return notes
+
+
+def check_signing_file(request: BuildRequest) -> list[str]:
+    """A signing key file can be checked anywhere, even before Prefect starts."""
+    note = check_signing_key(key_file=request.supply_chain.sign_key_file)
+    return [note] if note else []
+
+
+def check_signing_block(request: BuildRequest) -> list[str]:
+    """A Secret block only once the flow runs (the CLI checks before its temporary
+    server starts). On Kubernetes the key is a Secret only the publish pod can read."""
+    note = check_signing_key(key_block=request.supply_chain.sign_key_block)
+    return [note] if note else []
 
 
 def check_directories(request: BuildRequest) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from multiarch.attest import SupplyChainPlan, attach_supply_chain
 from multiarch.errors import MultiarchError, PublishError
 from multiarch.handoff import handoff_named
 from multiarch.oci import assemble_index
@@ -40,7 +41,7 @@ from multiarch.registry_api import (
     retrying,
 )
 from multiarch.request import BuildRequest
-from multiarch.results import BuildResult, PlatformImage, summarise
+from multiarch.results import Attestation, BuildResult, PlatformImage, summarise
 from multiarch.signals import signals_held
 from multiarch.source import PinnedSource
 from multiarch.tagjournal import write_journal
@@ -72,12 +73,13 @@ def publish_request(
     emit: Callable[[str], None],
     annotations: Mapping[str, str] | None = None,
     journal: Path | None = None,
+    supply: SupplyChainPlan | None = None,
 ) -> BuildResult:
     """Publish a request's images under all of its tags."""
     return publish_images(
         images, image=request.image, tags=request.all_tags, source=source,
         index_dir=index_dir, insecure=request.insecure_registry, emit=emit,
-        annotations=annotations, journal=journal,
+        annotations=annotations, journal=journal, supply=supply,
     )
 
 
@@ -92,8 +94,12 @@ def publish_images(
     emit: Callable[[str], None],
     annotations: Mapping[str, str] | None = None,
     journal: Path | None = None,
+    supply: SupplyChainPlan | None = None,
 ) -> BuildResult:
     """Assemble, push and verify; returns the published result or raises PublishError.
+
+    `supply`: SBOMs, provenance and signatures to attach (multiarch.attest), all checked
+    by digest before the first tag is written.
 
     `journal`: where to record the tags before writing them (multiarch.tagjournal), so a
     sweep can put them back should this process be killed between two tag writes.
@@ -121,6 +127,12 @@ def publish_images(
         index_is_new = _read(client, image.repository, digest) is None
         handoff.push_index(index, found, client=client, image=image, index_dir=index_dir,
                            insecure=insecure, emit=emit)
+        attested: list[Attestation] = []
+        signed_by: str | None = None
+        if supply is not None and supply.attaches:
+            attested, signed_by = attach_supply_chain(
+                client, image, index=pushed, images=images, tags=list(tags), plan=supply,
+                insecure=insecure, emit=emit)
         # The tag section: a signal here is held until the tags are whole again (all moved
         # and verified, then put back, since a cancelled run publishes nothing).
         with signals_held() as arrived:
@@ -145,6 +157,8 @@ def publish_images(
             summarise(built, size=layout_image.total_size)
             for built, (_, layout_image) in zip(images, found, strict=True)
         ],
+        attestations=attested,
+        signed_by=signed_by,
     )
 
 
@@ -270,6 +284,7 @@ class PublishSpec(BaseModel):
     index_dir: str
     cleanup_dir: str | None = None  # the run's handoff directory, removed once verified
     annotations: dict[str, str] = {}  # extra index annotations (the rebuild fingerprint)
+    supply: SupplyChainPlan | None = None  # what to attach and sign (no secret: key by path)
 
 
 def publish_spec_step(spec: PublishSpec, *, result_file: str) -> Step:
@@ -285,7 +300,7 @@ def publish_from_spec(spec: PublishSpec, *, emit: Callable[[str], None]) -> Buil
     result = publish_images(
         spec.images, image=spec.image, tags=spec.tags, source=spec.source,
         index_dir=Path(spec.index_dir), insecure=spec.insecure, emit=emit,
-        annotations=spec.annotations,
+        annotations=spec.annotations, supply=spec.supply,
     )
     if spec.cleanup_dir:
         shutil.rmtree(spec.cleanup_dir, ignore_errors=True)

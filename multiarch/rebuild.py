@@ -45,6 +45,7 @@ class Fingerprint:
     inputs_digest: str
     bases: Mapping[str, str | None] = field(default_factory=dict)  # name -> digest
     final_base: str | None = None
+    containerfile_digest: str | None = None  # for the provenance; not an annotation
 
     def annotations(self) -> dict[str, str]:
         annotations = {INPUTS_ANNOTATION: self.inputs_digest,
@@ -184,6 +185,7 @@ def fingerprint(request: BuildRequest, source: PinnedSource) -> Fingerprint:
         inputs_digest=inputs_digest(request, source, text),
         bases={name: base_digest(name, insecure=request.insecure_registry) for name in bases},
         final_base=final_base(text, request.build_args, target=request.target),
+        containerfile_digest=sha256_digest(text.encode()),
     )
 
 

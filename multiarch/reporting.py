@@ -43,7 +43,23 @@ def markdown_summary(result: BuildResult) -> str:
             f"| {row['platform']} | `{row['digest']}` | {row['size']} | "
             f"{row['duration']} | {row['build']} |"
         )
+    lines += supply_chain_markdown(result)
     return "\n".join(lines) + "\n"
+
+
+def supply_chain_markdown(result: BuildResult) -> list[str]:
+    """The referrers attached at publish, by digest: what `oras discover` or the referrers
+    API shows for each manifest."""
+    if not result.attestations:
+        return ["", "No SBOM, provenance or signature was attached."]
+    signed = (f"signed with GPG key `{result.signed_by}`" if result.signed_by
+              else "not signed (no key)")
+    lines = ["", "## Supply chain", "", f"Attached as OCI referrers, {signed}; check with "
+             f"`multiarch verify {result.pull_reference} --key PUBLIC_KEY`.", "",
+             "| about | kind | referrer digest | size |", "|---|---|---|---|"]
+    lines += [f"| {a.subject} | {a.kind} | `{a.digest}` | {human_size(a.size)} |"
+              for a in result.attestations]
+    return lines
 
 
 def text_table(result: BuildResult) -> str:

@@ -21,6 +21,7 @@ from multiarch.platforms import Platform
 from multiarch.references import DEFAULT_TAG, ImageReference, check_tag
 from multiarch.runners import RUNNERS
 from multiarch.runners.kubernetes.options import KubernetesOptions
+from multiarch.supplychain import SupplyChainOptions
 
 GIT_URL_RE = re.compile(r"^(?:https?|ssh|git|file)://|^[\w.-]+@[\w.-]+:")
 BUILD_ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -154,6 +155,9 @@ class BuildRequest(BaseModel):
     )
     runner: RunnerOptions = Field(default_factory=RunnerOptions,
                                   description="Where builds run and how (RunnerOptions).")
+    supply_chain: SupplyChainOptions = Field(
+        default_factory=SupplyChainOptions,
+        description="SBOM, provenance and signatures attached at publish (SupplyChainOptions).")
 
     @field_validator("platforms")
     @classmethod
@@ -210,6 +214,7 @@ class BuildRequest(BaseModel):
     @model_validator(mode="after")
     def _check_context(self) -> BuildRequest:
         """Cross-field checks; messages start with the field they concern."""
+        self._check_signing()
         if self.is_git:
             return self
         if self.runner.kind == "kubernetes":
@@ -239,6 +244,26 @@ class BuildRequest(BaseModel):
                 "set containerfile"
             )
         return self
+
+    def _check_signing(self) -> None:
+        chain = self.supply_chain
+        if chain.sign_key_file and chain.sign_key_block:
+            raise ValueError("supply_chain.sign_key_block: sign_key_file is set too: name the "
+                             "key once")
+        if self.runner.kind == "kubernetes" and chain.signs_locally:
+            raise ValueError(
+                "supply_chain.sign_key_file: the kubernetes runner signs in its publish pod, "
+                "which gets the key only from a Secret: set "
+                "runner.kubernetes.signing_key_secret instead")
+        if self.runner.kind != "kubernetes" and self.runner.kubernetes.signing_key_secret:
+            raise ValueError(
+                "runner.kubernetes.signing_key_secret: set, but the runner is "
+                f"{self.runner.kind}: use supply_chain.sign_key_file or sign_key_block")
+
+    @property
+    def signs(self) -> bool:
+        return self.supply_chain.signs_locally or bool(
+            self.runner.kind == "kubernetes" and self.runner.kubernetes.signing_key_secret)
 
     @property
     def is_git(self) -> bool:

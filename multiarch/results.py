@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -24,6 +25,11 @@ class PlatformImage(BaseModel):
     layout: str | None = None  # shared: directory of the OCI layout
     layout_ref: str = "image"
     reference: str | None = None  # registry: repository@digest
+    # Where and when it was built (the provenance records them).
+    node_architecture: str | None = None  # the machine's architecture (emulated: not ours)
+    node: str | None = None  # the Kubernetes node, or the local machine's name
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class PlatformSummary(BaseModel):
@@ -36,6 +42,18 @@ class PlatformSummary(BaseModel):
     duration_s: float
 
 
+class Attestation(BaseModel):
+    """One artifact attached at publish as a referrer: an SBOM, a provenance or a signature."""
+
+    model_config = ConfigDict(frozen=True)
+
+    subject: str  # what it is about: `linux/amd64`, `index`, `sbom of linux/amd64`
+    kind: Literal["sbom", "provenance", "signature"]
+    digest: str  # the artifact manifest's digest (what the referrers API lists)
+    subject_digest: str
+    size: int  # bytes of the SBOM, statement or signature
+
+
 class BuildResult(BaseModel):
     """What a successful run published: the index digest and where it lives."""
 
@@ -46,6 +64,8 @@ class BuildResult(BaseModel):
     tags: list[str]
     platforms: list[PlatformSummary]
     up_to_date: bool = False  # rebuild: if-changed found nothing to do; nothing was built
+    attestations: list[Attestation] = []  # SBOMs, provenance and signatures attached
+    signed_by: str | None = None  # the signing key's fingerprint
 
     @property
     def pull_reference(self) -> str:

@@ -22,6 +22,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from multiarch.attest import SupplyChainPlan
 from multiarch.errors import PublishError
 from multiarch.publish_lock import publish_lock
 from multiarch.request import BuildRequest
@@ -101,9 +102,10 @@ def prefect_slot(name: str, *, repository: str, emit: Callable[[str], None]
 @task(name="publish", task_run_name="publish", retries=2, retry_delay_seconds=10,
       retry_condition_fn=only_transient, cache_policy=NONE)
 def publish_task(request: BuildRequest, source: PinnedSource, images: list[PlatformImage],
-                 dirs: RunDirs, annotations: dict[str, str] | None = None) -> BuildResult:
+                 dirs: RunDirs, annotations: dict[str, str] | None = None,
+                 supply: SupplyChainPlan | None = None) -> BuildResult:
     with serialised_publish(request.image.name, dirs):
         run = RunContext(dirs=dirs, flow_run_id=str(runtime.flow_run.id or ""),
                          log=get_run_logger())
         return runner_for(request.runner.kind).publish(request, source, images, run,
-                                                       annotations)
+                                                       annotations, supply)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from multiarch.attest import SupplyChainPlan
     from multiarch.platforms import Platform
     from multiarch.request import BuildRequest
     from multiarch.results import BuildResult, PlatformImage
@@ -58,8 +59,10 @@ class Runner(Protocol):
 
     def publish(self, request: BuildRequest, source: PinnedSource,
                 images: list[PlatformImage], run: RunContext,
-                annotations: Mapping[str, str] | None = None) -> BuildResult:
-        """One index over the images, tags written all or nothing, verified."""
+                annotations: Mapping[str, str] | None = None,
+                supply: SupplyChainPlan | None = None) -> BuildResult:
+        """One index over the images, attestations attached and checked, tags written all
+        or nothing, verified."""
         ...
 
     def cleanup(self, request: BuildRequest, run: RunContext) -> None:

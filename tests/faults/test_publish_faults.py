@@ -31,7 +31,7 @@ from tests.integration.conftest import tag_digest
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TAG_PUT = r"/manifests/(?!sha256:)"  # a manifest PUT under a tag, not by digest
+TAG_PUT = r"/manifests/(?!sha256[:-])"  # under a tag, not by digest nor a referrers tag
 BY_DIGEST = r"/manifests/sha256:"  # a manifest by digest (the index, a platform)
 BLOB_UPLOAD = r"/blobs/uploads/."  # an upload session's PATCH/PUT (not the POST opening it)
 TASK_RETRY_LOG = re.compile(r"Retry \d+/\d+ will start")  # Prefect retrying a task

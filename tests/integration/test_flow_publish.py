@@ -103,6 +103,13 @@ def test_mapped_build_tasks_and_publish_are_visible_in_prefect(published):
     assert artifact_types(flow_run_id) == ["markdown", "table"]
     markdown = next(d for d in artifact_data(flow_run_id) if d.startswith("# Published"))
     assert published[0].index_digest in markdown
+    # SBOM and provenance are on by default: the summary lists each referrer by digest
+    attestations = published[0].attestations
+    assert sorted((a.subject, a.kind) for a in attestations) == [
+        ("linux/amd64", "provenance"), ("linux/amd64", "sbom"),
+        ("linux/arm64", "provenance"), ("linux/arm64", "sbom")]
+    for item in attestations:
+        assert f"| {item.subject} | {item.kind} | `{item.digest}` |" in markdown
 
 
 def test_shared_run_directory_is_removed_after_publish(published):

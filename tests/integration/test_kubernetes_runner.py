@@ -17,6 +17,7 @@ import time
 import pytest
 
 from flows.build import PlatformsFailed, build_multiarch_image
+from multiarch.cli import main as cli_main
 from multiarch.errors import ConfigurationError, MultiarchError, StepFailed, TransientError
 from multiarch.platforms import Platform
 from multiarch.request import BuildRequest
@@ -25,6 +26,7 @@ from multiarch.runners.kubernetes import runner as kube_runner
 from multiarch.runners.kubernetes.attempt import ATTEMPT, attempt_run_id
 from multiarch.runners.kubernetes.manifests import LABEL_PLATFORM, platform_job
 from multiarch.runners.kubernetes.options import KubernetesOptions
+from multiarch.signing import generate_key
 from multiarch.source import PinnedSource
 from tests.cluster.fixtures import assert_nothing_left, nfs_dir
 from tests.integration.conftest import read_image_file, skopeo_raw, tag_digest
@@ -456,16 +458,29 @@ def test_missing_builder_image_fails_at_once_with_a_hint(git_daemon, cluster, pl
 
 
 def test_registry_handoff_needs_no_shared_volume(git_daemon, cluster, playground, prefect_server,
-                                                 tmp_path):
+                                                 tmp_path, capsys):
     """Each build pod pushes its platform by digest; no Job mounts a shared claim, and the
-    publish Job only writes manifests."""
+    publish Job only writes manifests and attestations, signed with the key of a Secret
+    mounted into it alone."""
     context = make_repo(git_daemon, tmp_path / "repo", CONTAINERFILE)
     image = f"{playground.address}/tests/kube-registry-handoff"
-    state = run_flow(cluster, playground, image=f"{image}:latest", context=context,
-                     platforms=["linux/amd64", "linux/arm64"], handoff="registry",
-                     return_state=True)
+    secret_key, public_key = generate_key(tmp_path / "keys")
+    cluster.create_secret("signing", data={"signing.key": secret_key.read_bytes()})
+    try:
+        state = run_flow(cluster, playground, image=f"{image}:latest", context=context,
+                         platforms=["linux/amd64", "linux/arm64"], handoff="registry",
+                         kube={"signing_key_secret": "signing"}, return_state=True)
+    finally:
+        cluster.delete_secret("signing")
     assert state.is_completed(), state.message
     result = state.result()
+    assert result.signed_by
+    assert {(a.subject, a.kind) for a in result.attestations} >= {
+        (p, k) for p in ("linux/amd64", "linux/arm64") for k in ("sbom", "provenance")}
+    assert cli_main(["verify", f"{image}:latest", "--key", str(public_key)]) == 0, \
+        capsys.readouterr().out
+    key_text = secret_key.read_text()
+    assert "".join(key_text.splitlines()[2:5]) not in json.dumps(cluster.created_jobs())
     assert tag_digest(f"{image}:latest") == result.index_digest
     index = json.loads(skopeo_raw(f"{image}:latest"))
     assert [m["digest"] for m in index["manifests"]] == [p.digest for p in result.platforms]

@@ -339,6 +339,30 @@ def test_publish_job_mounts_the_secret_only_into_its_push_step():
     assert secret_volume["secret"]["secretName"] == "registry-auth"
 
 
+def test_signing_key_secret_is_mounted_only_into_the_publish_step_by_path():
+    from multiarch.attest import supply_plan
+    from multiarch.runners.kubernetes.runner import publish_spec
+
+    req = request(signing_key_secret="signing")
+    plan = supply_plan(req, SOURCE, None, invocation_id="run1")
+    spec = publish_spec(req, SOURCE, [], run_id="run1", supply=plan)
+    assert spec.supply is not None
+    assert spec.supply.sign_key_file == "/run/multiarch/signing/signing.key"
+    manifest = publish_job(publish_spec_step(spec, result_file="/dev/termination-log"),
+                           options=req.runner.kubernetes, flow_run_id="f",
+                           image_name=req.image.name, timeout_s=600)
+    pod = manifest["spec"]["template"]["spec"]
+    (step,) = pod["containers"]
+    assert {"name": "signing-key", "mountPath": "/run/multiarch/signing",
+            "readOnly": True} in step["volumeMounts"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "signing-key")
+    assert volume["secret"] == {"secretName": "signing", "defaultMode": 0o400,
+                                "items": [{"key": "signing.key", "path": "signing.key"}]}
+    for platform in ("linux/amd64", "linux/arm64"):
+        build = json.dumps(manifest_for(platform, signing_key_secret="signing"))
+        assert "signing" not in build
+
+
 def test_git_credentials_secret_is_mounted_only_into_the_fetch_step():
     manifest = manifest_for("linux/arm64", git_credentials_secret="git-creds")
     pod = manifest["spec"]["template"]["spec"]
@@ -409,7 +433,8 @@ def test_every_manifest_validates_against_the_official_schema(version):
     variants = [(platform, kube) for platform, kube in VARIANTS
                 if kube.get("security") != "minimal" or minor >= MINIMAL_SINCE]
     manifests = [manifest_for(platform, **kube) for platform, kube in variants]
-    manifests += [publish_manifest(), publish_manifest(registry_secret="reg", security="minimal")]
+    manifests += [publish_manifest(), publish_manifest(registry_secret="reg", security="minimal"),
+                  publish_manifest(signing_key_secret="signing")]
     owner = owner_reference(name="flow-run-job", uid="0b9c-uid")
     manifests.append(platform_job(request(), SOURCE, Platform.parse("linux/arm64"), run_id="r",
                                   flow_run_id="f", attempt="a1b2", owner=owner))

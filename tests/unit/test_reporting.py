@@ -8,7 +8,7 @@ import pytest
 
 from multiarch.platforms import Platform
 from multiarch.reporting import artifact_key, human_size, markdown_summary, text_table
-from multiarch.results import BuildResult, PlatformSummary
+from multiarch.results import Attestation, BuildResult, PlatformSummary
 
 AMD_DIGEST = "sha256:" + "a" * 64
 ARM_DIGEST = "sha256:" + "b" * 64
@@ -88,7 +88,25 @@ def test_markdown_summary() -> None:
     assert "| platform | digest | size | duration | build |" in lines
     assert f"| linux/amd64 | `{AMD_DIGEST}` | 1.5 KiB | 12.3 s | native |" in lines
     assert f"| linux/arm/v7 | `{ARM_DIGEST}` | 5.0 MiB | 95.0 s | emulated (QEMU) |" in lines
-    assert summary.endswith("|\n")
+    assert summary.endswith("|\n\nNo SBOM, provenance or signature was attached.\n")
+
+
+def test_markdown_summary_lists_every_referrer_by_digest() -> None:
+    sbom = "sha256:" + "5" * 64
+    signature = "sha256:" + "6" * 64
+    attested = result().model_copy(update={
+        "signed_by": "ABCD" * 10,
+        "attestations": [
+            Attestation(subject="linux/amd64", kind="sbom", digest=sbom,
+                        subject_digest=AMD_DIGEST, size=2048),
+            Attestation(subject="index", kind="signature", digest=signature,
+                        subject_digest=INDEX_DIGEST, size=377),
+        ]})
+    lines = markdown_summary(attested).splitlines()
+    assert "## Supply chain" in lines
+    assert any("signed with GPG key `" + "ABCD" * 10 + "`" in line for line in lines)
+    assert f"| linux/amd64 | sbom | `{sbom}` | 2.0 KiB |" in lines
+    assert f"| index | signature | `{signature}` | 377 B |" in lines
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,10 @@ WORKSPACE_MOUNT = "/workspace"
 STORAGE_MOUNT = "/var/lib/multiarch/storage"
 REGISTRY_AUTH_MOUNT = "/run/multiarch/registry-auth"
 REGISTRY_AUTH_FILE = f"{REGISTRY_AUTH_MOUNT}/.dockerconfigjson"
+SIGNING_KEY_MOUNT = "/run/multiarch/signing"
+SIGNING_KEY_NAME = "signing.key"
+SIGNING_KEY_FILE = f"{SIGNING_KEY_MOUNT}/{SIGNING_KEY_NAME}"
+PUBLISH_STEP = "publish"
 # Git credentials: a Secret mounted into the fetch step only, read by git's store helper.
 GIT_CREDENTIALS_MOUNT = "/run/multiarch/git-credentials"
 GIT_CREDENTIALS_KEY = ".git-credentials"
@@ -188,7 +192,8 @@ def container(step: Step, *, options: KubernetesOptions, mounts: Sequence[Mappin
 
 
 def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool,
-                with_git_credentials: bool = False, shared: bool = True) -> list[dict[str, Any]]:
+                with_git_credentials: bool = False, shared: bool = True,
+                with_signing_key: bool = False) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         *([{"name": "shared", "persistentVolumeClaim": {"claimName": options.shared_claim}}]
           if shared else []),
@@ -204,6 +209,12 @@ def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool,
         volumes.append({"name": "git-credentials", "secret": {
             "secretName": options.git_credentials_secret,
             "items": [{"key": GIT_CREDENTIALS_KEY, "path": GIT_CREDENTIALS_KEY}],
+            "defaultMode": 0o400,
+        }})
+    if with_signing_key and options.signing_key_secret:
+        volumes.append({"name": "signing-key", "secret": {
+            "secretName": options.signing_key_secret,
+            "items": [{"key": SIGNING_KEY_NAME, "path": SIGNING_KEY_NAME}],
             "defaultMode": 0o400,
         }})
     return volumes
@@ -226,7 +237,8 @@ def job_manifest(
     owner: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One Job running `steps` in order; only the steps named in `push_steps` see registry
-    credentials, only the fetch step git credentials (as a mounted file, never a value).
+    credentials, only the fetch step git credentials and only the publish step the signing
+    key (as mounted files, never a value).
     `shared`: mount the shared handoff volume (not needed by the registry handoff).
     `owner`: an `owner_reference`, set when the flow runs in a pod of the same namespace."""
     if not steps:
@@ -244,6 +256,9 @@ def job_manifest(
         if step.name == FETCH_STEP and options.git_credentials_secret:
             step_mounts.append({"name": "git-credentials", "mountPath": GIT_CREDENTIALS_MOUNT,
                                 "readOnly": True})
+        if step.name == PUBLISH_STEP and options.signing_key_secret:
+            step_mounts.append({"name": "signing-key", "mountPath": SIGNING_KEY_MOUNT,
+                                "readOnly": True})
         containers.append(container(step, options=options, mounts=step_mounts,
                                     resources=resources or {}, extra_env=extra_env))
     pod_spec: dict[str, Any] = {
@@ -251,7 +266,8 @@ def job_manifest(
         "automountServiceAccountToken": False,  # build steps never talk to the API
         "containers": containers[-1:],
         "volumes": pod_volumes(options, with_registry_auth=bool(push_steps),
-                               with_git_credentials=fetches, shared=shared),
+                               with_git_credentials=fetches, shared=shared,
+                               with_signing_key=any(s.name == PUBLISH_STEP for s in steps)),
     }
     if len(containers) > 1:
         pod_spec["initContainers"] = containers[:-1]

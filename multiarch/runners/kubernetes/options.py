@@ -83,6 +83,11 @@ class KubernetesOptions(BaseModel):
         description="Secret whose key `.git-credentials` (git-credential-store lines, "
         "https://USER:TOKEN@HOST) is mounted only into the fetch step of a git build.",
     )
+    signing_key_secret: str | None = Field(
+        None,
+        description="Secret whose key `signing.key` (an armored GPG secret key) is mounted "
+        "only into the publish step, which signs the index, platforms and attestations.",
+    )
     security: Literal["privileged", "minimal"] = Field(
         "privileged",
         description="Privileges of the build and export containers (every other container "
@@ -128,7 +133,7 @@ class KubernetesOptions(BaseModel):
             raise ValueError(f"{value!r} is not a valid Kubernetes name (lowercase DNS label)")
         return value
 
-    @field_validator("registry_secret", "git_credentials_secret")
+    @field_validator("registry_secret", "git_credentials_secret", "signing_key_secret")
     @classmethod
     def _secret_name(cls, value: str | None) -> str | None:
         if value is not None and (not DNS_LABEL_RE.match(value) or len(value) > 63):

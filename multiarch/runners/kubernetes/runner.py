@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
+from multiarch.attest import SupplyChainPlan
 from multiarch.credentials import credential_lines
 from multiarch.errors import PublishError, StepFailed
 from multiarch.handoff.layouts import LAYOUT_REF
@@ -37,6 +39,7 @@ from multiarch.runners.kubernetes.client import connect, preflight
 from multiarch.runners.kubernetes.logs import Emit
 from multiarch.runners.kubernetes.manifests import (
     SHARED_MOUNT,
+    SIGNING_KEY_FILE,
     TERMINATION_LOG,
     platform_job,
     pod_paths,
@@ -60,6 +63,7 @@ def build_platform_job(request: BuildRequest, source: PinnedSource, platform: Pl
     manifest = platform_job(request, source, platform, run_id=run_id, flow_run_id=flow_run_id,
                             attempt=ATTEMPT, owner=owner)
     started = time.monotonic()
+    started_at = datetime.now(UTC)
     outcome = run_job(api, manifest, label=f"[{platform}]",
                       timeout_s=request.runner.timeout_s,
                       unschedulable_grace_s=options.unschedulable_grace_s, emit=emit)
@@ -72,26 +76,37 @@ def build_platform_job(request: BuildRequest, source: PinnedSource, platform: Pl
                          duration_s=time.monotonic() - started, handoff=request.handoff,
                          layout=pod_paths(run_id, platform, handoff="shared").layout
                          if shared else None, layout_ref=LAYOUT_REF,
-                         reference=None if shared else request.image.with_digest(digest))
+                         reference=None if shared else request.image.with_digest(digest),
+                         # pods are pinned to nodes of the platform's architecture
+                         node_architecture=platform.architecture, node=outcome.node or None,
+                         started_at=started_at, finished_at=datetime.now(UTC))
 
 
 def publish_spec(request: BuildRequest, source: PinnedSource, images: list[PlatformImage], *,
-                 run_id: str, annotations: Mapping[str, str] | None = None) -> PublishSpec:
+                 run_id: str, annotations: Mapping[str, str] | None = None,
+                 supply: SupplyChainPlan | None = None) -> PublishSpec:
+    """The publish pod's instructions; the signing key only by the path of its mounted
+    Secret (runner.kubernetes.signing_key_secret), never its value."""
+    if supply is not None and request.runner.kubernetes.signing_key_secret:
+        supply = supply.model_copy(update={"sign_key_file": SIGNING_KEY_FILE,
+                                           "sign_key_block": None})
     return PublishSpec(image=request.image, tags=request.all_tags,
                        insecure=request.insecure_registry, source=source, images=tuple(images),
                        index_dir=f"{SHARED_MOUNT}/{run_id}/index",
                        cleanup_dir=None if request.runner.keep_shared
                        or request.handoff != "shared" else f"{SHARED_MOUNT}/{run_id}",
-                       annotations=dict(annotations or {}))
+                       annotations=dict(annotations or {}), supply=supply)
 
 
 def publish_job_run(request: BuildRequest, source: PinnedSource, images: list[PlatformImage],
                     *, run_id: str, flow_run_id: str, emit: Emit,
-                    annotations: Mapping[str, str] | None = None) -> BuildResult:
+                    annotations: Mapping[str, str] | None = None,
+                    supply: SupplyChainPlan | None = None) -> BuildResult:
     """Publish inside the cluster, where the shared volume and the registry Secret are; the
     result comes back as the container's termination message."""
     options = request.runner.kubernetes
-    spec = publish_spec(request, source, images, run_id=run_id, annotations=annotations)
+    spec = publish_spec(request, source, images, run_id=run_id, annotations=annotations,
+                        supply=supply)
     step = publish_spec_step(spec, result_file=TERMINATION_LOG)
     api = connect(options)
     owner = start_attempt(api, flow_run_id, emit=emit)
@@ -123,10 +138,11 @@ class KubernetesRunner:
 
     def publish(self, request: BuildRequest, source: PinnedSource,
                 images: list[PlatformImage], run: RunContext,
-                annotations: Mapping[str, str] | None = None) -> BuildResult:
+                annotations: Mapping[str, str] | None = None,
+                supply: SupplyChainPlan | None = None) -> BuildResult:
         return publish_job_run(request, source, images, run_id=attempt_run_id(run.run_id),
                                flow_run_id=run.flow_run_id, emit=run.log.info,
-                               annotations=annotations)
+                               annotations=annotations, supply=supply)
 
     def cleanup(self, request: BuildRequest, run: RunContext) -> None:
         """Nothing on this machine: the handoff lives on the cluster's volume (the publish

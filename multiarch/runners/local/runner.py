@@ -9,11 +9,14 @@ emulated build's timings or behaviour for native ones.
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
+from multiarch.attest import SupplyChainPlan
 from multiarch.emulation import emulation_status, host_architecture
 from multiarch.errors import ConfigurationError
 from multiarch.handoff import handoff_named
@@ -104,6 +107,7 @@ def build_platform(
     layout.parent.mkdir(parents=True, exist_ok=True)
     label = f"[{platform}]"
     started = time.monotonic()
+    started_at = datetime.now(UTC)
     deadline = started + request.runner.timeout_s
     try:
         for step in plan.steps:
@@ -125,6 +129,10 @@ def build_platform(
         layout=str(layout) if shared else None,
         layout_ref=plan.layout_ref,
         reference=None if shared else request.image.with_digest(image.manifest_digest),
+        node_architecture=host_architecture(),
+        node=socket.gethostname(),
+        started_at=started_at,
+        finished_at=datetime.now(UTC),
     )
 
 
@@ -150,9 +158,10 @@ class LocalRunner:
 
     def publish(self, request: BuildRequest, source: PinnedSource,
                 images: list[PlatformImage], run: RunContext,
-                annotations: Mapping[str, str] | None = None) -> BuildResult:
+                annotations: Mapping[str, str] | None = None,
+                supply: SupplyChainPlan | None = None) -> BuildResult:
         return publish_request(request, source, images, index_dir=run.dirs.run_shared / "index",
-                               emit=run.log.info, annotations=annotations,
+                               emit=run.log.info, annotations=annotations, supply=supply,
                                journal=journal_path(run.dirs.work / RUNS_DIR, run.run_id))
 
     def cleanup(self, request: BuildRequest, run: RunContext) -> None:
