@@ -10,7 +10,7 @@ PYTHON ?= python3
 .PHONY: help deps venv up down builder demo test lint format clean serve stop bench reliability gc cluster cluster-down
 
 help:
-	@echo "make demo   - install what is missing, start a local registry, build examples/hello for amd64+arm64"
+	@echo "make demo   - install what is missing, start a local registry, build examples/hello for amd64+arm64, signed, with SBOM and provenance, then verify it"
 	@echo "make test   - lint and run every test (unit + integration)"
 	@echo "make up     - local registry, QEMU emulation and the offline base image only"
 	@echo "make down   - stop the local registry"
@@ -43,14 +43,23 @@ up: deps venv
 builder: up
 	$(BIN)/python -m devtools builder --state-dir $(STATE) --port $(PORT)
 
-demo: up
+# The demo signs with a key of its own (made once, kept under $(STATE)/signing), attaches an
+# SBOM and provenance per platform, then checks all of it as a consumer would.
+SIGNING := $(STATE)/signing
+
+demo: up $(SIGNING)/signing.key
 	$(BIN)/multiarch build \
 		--image $(REGISTRY)/examples/hello:latest \
 		--platform linux/amd64 --platform linux/arm64 \
 		--context examples/hello \
 		--build-arg BASE=$(REGISTRY)/library/busybox:latest \
 		--allow-emulation --insecure-registry \
-		--work-dir $(STATE)/work
+		--work-dir $(STATE)/work \
+		--sign-key-file $(SIGNING)/signing.key
+	$(BIN)/multiarch verify $(REGISTRY)/examples/hello:latest --key $(SIGNING)/signing.pub
+
+$(SIGNING)/signing.key: | venv
+	$(BIN)/multiarch keygen $(SIGNING)
 
 test: deps venv
 	$(BIN)/ruff check .
