@@ -129,7 +129,9 @@ def attach_supply_chain(client: RegistryClient, image: ImageReference, *, index:
         for item in attached:
             emit(f"[publish] attached {item.kind} of {item.subject}: {item.digest} "
                  f"({item.size} bytes)")
-        public = (stack.enter_context(public_keyring(key)) if key else None)
+        public = (stack.enter_context(signing.keyring(
+            ring.public_key(), what="the signing key's public half")) if ring else None)
+        # checked with the public half only, as a consumer would
         report = verify_image(client, image, index.digest, keyring=public,
                               require_sbom=plan.sbom,
                               require_provenance=plan.provenance is not None)
@@ -140,13 +142,6 @@ def attach_supply_chain(client: RegistryClient, image: ImageReference, *, index:
              f"{image.with_digest(index.digest)}"
              + (f" (key {ring.fingerprint})" if ring else " (unsigned: no key)"))
     return attached, ring.fingerprint if ring else None
-
-
-@contextlib.contextmanager
-def public_keyring(key: signing.SigningKey) -> Iterator[signing.Keyring]:
-    """The check uses the public half only, as a consumer would."""
-    with signing.keyring(signing.public_key(key), what="the signing key's public half") as ring:
-        yield ring
 
 
 def _manifest(client: RegistryClient, image: ImageReference, digest: str) -> Manifest:

@@ -110,6 +110,14 @@ class Keyring:
             raise PublishError(f"signing {identity} failed: {skopeo_said(done)}")
         return signature_file.read_bytes()
 
+    def public_key(self) -> bytes:
+        """The key's armored public half (what `multiarch verify --key` takes)."""
+        done = capture(["gpg", "--batch", "--armor", "--export", self.fingerprint],
+                       what="exporting the public key", timeout_s=GPG_TIMEOUT_S, env=self.env())
+        if not done.ok or not done.output:
+            raise ConfigurationError(f"exporting the public key failed: {done.last_error()}")
+        return done.output
+
     def verify(self, manifest: bytes, identity: str, signature: bytes) -> str | None:
         """None when `signature` is this key's over these bytes for `identity`; else why not."""
         manifest_file, signature_file = self.home / "manifest.json", self.home / "signature"
@@ -179,16 +187,6 @@ def check_signing_key(*, key_file: str | None = None, key_block: str | None = No
                 f"{field_name}: the key from {key.origin} cannot sign ({exc}): give a key "
                 "without passphrase, protected by where it is stored") from exc
         return f"signing with GPG key {ring.fingerprint} from {key.origin}"
-
-
-def public_key(key: SigningKey) -> bytes:
-    """The armored public half of a secret key (what `multiarch verify --key` takes)."""
-    with keyring(key.armored, what=f"signing key from {key.origin}") as ring:
-        done = capture(["gpg", "--batch", "--armor", "--export", ring.fingerprint],
-                       what="exporting the public key", timeout_s=GPG_TIMEOUT_S, env=ring.env())
-        if not done.ok or not done.output:
-            raise ConfigurationError(f"exporting the public key failed: {done.last_error()}")
-        return done.output
 
 
 def generate_key(directory: Path, *, name: str = "multiarch signing key") -> tuple[Path, Path]:
