@@ -92,6 +92,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{fmt_s(b3['emulated_arm64_s'])} | **{b3['ratio_emulated_over_native']:.1f}x** |"]
     if "b4" in results:
         out += b4_markdown(results["b4"])
+    if "b5" in results:
+        out += b5_markdown(results["b5"])
     return "\n".join(out) + "\n"
 
 
@@ -109,8 +111,36 @@ def b4_markdown(b4: dict[str, Any]) -> list[str]:
     return out
 
 
+def b5_markdown(b5: dict[str, Any]) -> list[str]:
+    modes = b5["modes"]
+    out = ["", f"## B5 supply chain at publish ({' + '.join(b5['platforms'])}, the same "
+           "layouts each time)", "",
+           "plain: publish only (B1's ours); attest: + an SBOM (syft) and provenance per "
+           "platform; signed: + GPG signatures of the index, each platform and each "
+           "attestation. Each publish checks it all back before the tags move.", "",
+           "| mode | publish | extra per platform vs plain | SBOM per platform |",
+           "|---|---|---|---|",
+           f"| plain | {fmt_s(modes['plain']['publish_s'])} | - | - |"]
+    for mode in ("attest", "signed"):
+        m = modes[mode]
+        sboms = ", ".join(f"{p.split('/')[-1]} {fmt_s(s)}" for p, s in m["sbom_s"].items())
+        out.append(f"| {mode} | {fmt_s(m['publish_s'])} | "
+                   f"**{m['extra_per_platform_s']:+.2f} s** | {sboms or '-'} |")
+    out.append(f"| **signed/plain** | **{b5['ratio_signed_over_plain']:.2f}x** | | |")
+    sizes = modes["signed"]["sizes"]
+    out += ["", "| attestation | bytes |", "|---|---|"]
+    for kind in ("sbom", "provenance"):
+        for platform, size in sizes[kind].items():
+            out.append(f"| {kind} of {platform} | {size} |")
+    sig = sizes["signature"]
+    out.append(f"| signatures ({sig['count']}, up to {sig['bytes_each_max']} bytes each) | "
+               f"{sig['bytes_total']} |")
+    return out
+
+
 def chart_groups(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, float, float]]]]:
-    """Panels of (label, value A, value B) bars: original/ours, flow/bare, native/emulated."""
+    """Panels of (label, value A, value B) bars: original/ours, flow/bare, native/emulated,
+    cold/warm, supply chain/plain."""
     groups = []
     if "b1" in results:
         groups.append(("B1 publish time, s (original vs ours)", [
@@ -128,6 +158,11 @@ def chart_groups(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, flo
         groups.append(("B4 build time, s (cold vs warm)", [
             (a["platform"].split("/")[-1], a["cold_s"]["median"], a["warm_s"]["median"])
             for a in results["b4"]["arches"]]))
+    if "b5" in results:
+        modes = results["b5"]["modes"]
+        plain = modes["plain"]["publish_s"]["median"]
+        groups.append(("B5 publish time, s (supply chain vs plain)", [
+            (mode, modes[mode]["publish_s"]["median"], plain) for mode in ("attest", "signed")]))
     return groups
 
 

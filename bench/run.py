@@ -1,4 +1,4 @@
-"""`python -m bench.run`: run B1, B2, B3, B4 and write bench/results/latest.{json,md,png}.
+"""`python -m bench.run`: run B1 to B5 and write bench/results/latest.{json,md,png}.
 
 BENCH_QUICK=1 runs a tiny version (a few MB, one repetition, no warm-up) in about a minute.
 """
@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import b1_publish, b2_overhead, b3_emulation, b4_cache, report
+from bench import b1_publish, b2_overhead, b3_emulation, b4_cache, b5_supply_chain, report
 from bench.harness import LOG, Settings, machine_info, playground, settings_from_env
 
 RESULTS = Path(__file__).with_name("results")
@@ -56,6 +56,8 @@ def run_benches(
         results["b3"] = b3_emulation.bench(settings, base=base)
     if "b4" in settings.benches:
         results["b4"] = b4_cache.bench(settings, base=base, registry=registry)
+    if "b5" in settings.benches:
+        results["b5"] = b5_supply_chain.bench(settings, base=base, registry=registry)
     if "b2" in settings.benches:
         server = prefect_server() if with_prefect else contextlib.nullcontext()
         with server:
@@ -67,7 +69,8 @@ def run_benches(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
-    parser.add_argument("--only", default="b1,b2,b3,b4", help="comma-separated: b1,b2,b3,b4")
+    parser.add_argument("--only", default="b1,b2,b3,b4,b5",
+                        help="comma-separated: b1,b2,b3,b4,b5")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
