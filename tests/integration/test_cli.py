@@ -55,8 +55,14 @@ def test_build_prints_one_json_object_matching_the_registry(playground, prefect_
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
-    assert set(result) == {"image", "index_digest", "tags", "platforms", "up_to_date"}
+    assert set(result) == {"image", "index_digest", "tags", "platforms", "up_to_date",
+                           "attestations", "signed_by"}
     assert result["up_to_date"] is False
+    # SBOM and provenance by default, no signature without a key
+    assert sorted((a["subject"], a["kind"]) for a in result["attestations"]) == [
+        ("linux/amd64", "provenance"), ("linux/amd64", "sbom"),
+        ("linux/arm64", "provenance"), ("linux/arm64", "sbom")]
+    assert result["signed_by"] is None
     assert result["image"] == image
     assert result["tags"] == ["1.0", "stable"]
     assert [p["platform"] for p in result["platforms"]] == ["linux/amd64", "linux/arm64"]
