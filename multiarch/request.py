@@ -251,19 +251,15 @@ class BuildRequest(BaseModel):
             raise ValueError("supply_chain.sign_key_block: sign_key_file is set too: name the "
                              "key once")
         if self.runner.kind == "kubernetes" and chain.signs_locally:
+            given = "sign_key_file" if chain.sign_key_file else "sign_key_block"
             raise ValueError(
-                "supply_chain.sign_key_file: the kubernetes runner signs in its publish pod, "
+                f"supply_chain.{given}: the kubernetes runner signs in its publish pod, "
                 "which gets the key only from a Secret: set "
                 "runner.kubernetes.signing_key_secret instead")
         if self.runner.kind != "kubernetes" and self.runner.kubernetes.signing_key_secret:
             raise ValueError(
                 "runner.kubernetes.signing_key_secret: set, but the runner is "
                 f"{self.runner.kind}: use supply_chain.sign_key_file or sign_key_block")
-
-    @property
-    def signs(self) -> bool:
-        return self.supply_chain.signs_locally or bool(
-            self.runner.kind == "kubernetes" and self.runner.kubernetes.signing_key_secret)
 
     @property
     def is_git(self) -> bool:
