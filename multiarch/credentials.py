@@ -150,25 +150,27 @@ def credential_lines(block: str | None = None,
             ) from exc
         lines += parse_lines(text, origin=f"credentials file {path}")
     if block:
-        lines += parse_lines(secret_block_value(block), origin=f"Secret block {block!r}")
+        lines += parse_lines(
+            secret_block_value(block, field="git_credentials_block",
+                               holds="https://USER:TOKEN@HOST lines"),
+            origin=f"Secret block {block!r}")
     return lines
 
 
-def secret_block_value(name: str) -> str:
-    """The value of a Prefect Secret block (created in the UI or `Secret(value=...).save`)."""
+def secret_block_value(name: str, *, field: str, holds: str) -> str:
+    """The text of a Prefect Secret block (created in the UI or `Secret(value=...).save`);
+    errors name the request `field` that named it and what the block must `holds`."""
     from prefect.blocks.system import Secret
 
     try:
         value = Secret.load(name, _sync=True).get()
     except ValueError as exc:
         raise ConfigurationError(
-            f"git_credentials_block: no Secret block named {name!r}: create one whose value "
-            "is https://USER:TOKEN@HOST"
+            f"{field}: no Secret block named {name!r}: create one holding {holds}"
         ) from exc
     if not isinstance(value, str):
         raise ConfigurationError(
-            f"git_credentials_block: Secret block {name!r} must hold text "
-            "(https://USER:TOKEN@HOST lines), not JSON"
+            f"{field}: Secret block {name!r} must hold text ({holds}), not JSON"
         )
     return value
 

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from multiarch.containerfile import BUILD_ARG_NAME_RE
 from multiarch.handoff import HANDOFFS
 from multiarch.parameters import Cli
 from multiarch.platforms import Platform
@@ -24,7 +25,6 @@ from multiarch.runners.kubernetes.options import KubernetesOptions
 from multiarch.supplychain import SupplyChainOptions
 
 GIT_URL_RE = re.compile(r"^(?:https?|ssh|git|file)://|^[\w.-]+@[\w.-]+:")
-BUILD_ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 STAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

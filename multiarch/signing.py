@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from multiarch.credentials import secret_block_value
 from multiarch.errors import ConfigurationError, PublishError
 from multiarch.process import Captured, capture
 from multiarch.registry import skopeo_error_line
@@ -60,24 +61,12 @@ def load_signing_key(*, key_file: str | None = None, key_block: str | None = Non
                                      f"{exc.strerror}") from exc
         return checked_key(armored, origin=f"file {key_file}", field_name=field_name)
     if key_block:
-        return checked_key(secret_block_text(key_block, field_name=field_name).encode(),
-                           origin=f"Secret block {key_block!r}", field_name=field_name)
+        text = secret_block_value(
+            key_block, field=f"{field_name}.sign_key_block",
+            holds="the armored key of `gpg --armor --export-secret-keys`")
+        return checked_key(text.encode(), origin=f"Secret block {key_block!r}",
+                           field_name=field_name)
     return None
-
-
-def secret_block_text(name: str, *, field_name: str) -> str:
-    from prefect.blocks.system import Secret
-
-    try:
-        value = Secret.load(name, _sync=True).get()
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"{field_name}.sign_key_block: no Secret block named {name!r}: create one holding "
-            "the armored key (gpg --armor --export-secret-keys)") from exc
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{field_name}.sign_key_block: Secret block {name!r} must "
-                                 "hold the armored key as text")
-    return value
 
 
 def checked_key(armored: bytes, *, origin: str, field_name: str) -> SigningKey:
@@ -134,23 +123,29 @@ def skopeo_said(done: Captured) -> str:
 
 
 @contextlib.contextmanager
-def keyring(armored: bytes, *, what: str) -> Iterator[Keyring]:
-    """Import one key (secret or public) into a temporary GnuPG home; removed on exit,
-    its gpg-agent stopped, so nothing of the key outlives the block."""
+def gnupg_home() -> Iterator[Path]:
+    """A private temporary GnuPG home (0700); on exit its gpg-agent is stopped and the home
+    removed, so nothing of a key outlives the block."""
     home = Path(tempfile.mkdtemp(prefix="multiarch-gpg-"))
     os.chmod(home, 0o700)
     try:
-        env = {"GNUPGHOME": str(home)}
-        done = capture(["gpg", "--batch", "--quiet", "--import"], what=f"importing {what}",
-                       timeout_s=GPG_TIMEOUT_S, env=env, stdin=armored)
-        if not done.ok:
-            raise ConfigurationError(f"{what}: gpg cannot import it: {done.last_error()}")
-        yield Keyring(home=home, fingerprint=single_fingerprint(home, what=what))
+        yield home
     finally:
         with contextlib.suppress(ConfigurationError, OSError):
             capture(["gpgconf", "--homedir", str(home), "--kill", "all"],
                     what="stopping gpg-agent", timeout_s=GPG_TIMEOUT_S)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def keyring(armored: bytes, *, what: str) -> Iterator[Keyring]:
+    """Import one key (secret or public) into a temporary GnuPG home (`gnupg_home`)."""
+    with gnupg_home() as home:
+        done = capture(["gpg", "--batch", "--quiet", "--import"], what=f"importing {what}",
+                       timeout_s=GPG_TIMEOUT_S, env={"GNUPGHOME": str(home)}, stdin=armored)
+        if not done.ok:
+            raise ConfigurationError(f"{what}: gpg cannot import it: {done.last_error()}")
+        yield Keyring(home=home, fingerprint=single_fingerprint(home, what=what))
 
 
 def single_fingerprint(home: Path, *, what: str) -> str:
@@ -195,28 +190,19 @@ def generate_key(directory: Path, *, name: str = "multiarch signing key") -> tup
     team's own key management."""
     directory.mkdir(parents=True, exist_ok=True)
     secret, public = directory / "signing.key", directory / "signing.pub"
-    home = Path(tempfile.mkdtemp(prefix="multiarch-gpg-"))
-    os.chmod(home, 0o700)
-    env = {"GNUPGHOME": str(home)}
-    try:
+    with gnupg_home() as home:
         done = capture(["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "",
                         "--quick-gen-key", f"{name} <signing@multiarch.invalid>", "ed25519",
                         "sign", "never"], what="generating a key", timeout_s=GPG_TIMEOUT_S,
-                       env=env)
+                       env={"GNUPGHOME": str(home)})
         if not done.ok:
             raise ConfigurationError(f"generating a key failed: {done.last_error()}")
+        ring = Keyring(home=home, fingerprint=single_fingerprint(home, what="the new key"))
         exported = capture(["gpg", "--batch", "--armor", "--export-secret-keys"],
-                           what="exporting the key", timeout_s=GPG_TIMEOUT_S, env=env)
+                           what="exporting the key", timeout_s=GPG_TIMEOUT_S, env=ring.env())
         secret.unlink(missing_ok=True)
         fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(exported.output)
-        public.write_bytes(capture(["gpg", "--batch", "--armor", "--export"],
-                                   what="exporting the public key", timeout_s=GPG_TIMEOUT_S,
-                                   env=env).output)
-    finally:
-        with contextlib.suppress(ConfigurationError, OSError):
-            capture(["gpgconf", "--homedir", str(home), "--kill", "all"],
-                    what="stopping gpg-agent", timeout_s=GPG_TIMEOUT_S)
-        shutil.rmtree(home, ignore_errors=True)
+        public.write_bytes(ring.public_key())
     return secret, public

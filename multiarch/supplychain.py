@@ -8,14 +8,12 @@ step (runner.kubernetes.signing_key_secret). The key itself is never a parameter
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from multiarch.containerfile import BUILD_ARG_NAME_RE
 from multiarch.parameters import Cli
-
-BUILD_ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class SupplyChainOptions(BaseModel):

@@ -27,7 +27,7 @@ from multiarch import referrers, signing
 from multiarch.errors import MultiarchError
 from multiarch.ocispec import INDEX_TYPES
 from multiarch.provenance import PREDICATE_TYPE, PROVENANCE_ARTIFACT_TYPE, STATEMENT_TYPE
-from multiarch.references import ImageReference
+from multiarch.references import ImageReference, parse_reference_fields
 from multiarch.registry_api import Manifest, RegistryClient, read_manifest, retrying
 from multiarch.sbom import SBOM_MEDIA_TYPE
 
@@ -143,11 +143,12 @@ def _signature(client: RegistryClient, image: ImageReference, manifest: Manifest
 
 
 def _same_repository(identity: str, image: ImageReference) -> bool:
-    name = identity.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
-    if ":" in last:
-        name = name[: len(name) - len(last)] + last.split(":", 1)[0]
-    return name == image.name
+    """`repo:tag` or `repo@digest` names this image's repository (`matchRepository`)."""
+    try:
+        fields = parse_reference_fields(identity.split("@", 1)[0])
+    except ValueError:
+        return False
+    return f"{fields['registry']}/{fields['repository']}" == image.name
 
 
 def _attestation(client: RegistryClient, image: ImageReference, subject: Manifest, part: Part,
