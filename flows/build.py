@@ -24,8 +24,9 @@ from pydantic import ValidationError
 from flows.guard import raise_if_cancelling, signal_name, watch_for_cancellation
 from multiarch.attest import SupplyChainPlan
 from multiarch.errors import ConfigurationError
-from multiarch.orchestrate import PlatformsFailed, failure_summary, run_build, run_record
+from multiarch.orchestrate import run_build, run_record
 from multiarch.parameters import flow_docstring, flow_signature, request_from_parameters
+from multiarch.partial import Built, Failure, PlatformsFailed, settle
 from multiarch.platforms import Platform
 from multiarch.rebuild import Decision, Fingerprint, published_result
 from multiarch.reporting import (
@@ -103,7 +104,7 @@ class PrefectSteps:
         return check_changes_task(request, source)
 
     def build_all(self, request: BuildRequest, source: PinnedSource,
-                  run: RunContext) -> list[PlatformImage]:
+                  run: RunContext) -> Built:
         limited = limited_arch_tags(request.platforms)
         builds = [
             build_platform_task.with_options(tags=[arch_tag(p)] if arch_tag(p) in limited else [])
@@ -240,10 +241,11 @@ def validate_request(**fields: Any) -> BuildRequest:
 
 
 def collect_images(futures: list[PrefectFuture[PlatformImage]], *,
-                   request: BuildRequest) -> list[PlatformImage]:
-    """Wait for every platform; raise one error listing each failed platform and why."""
+                   request: BuildRequest) -> Built:
+    """Wait for every platform, then apply the partial-failure policy; when it refuses,
+    a failure artifact lists each failed platform and why."""
     images: list[PlatformImage] = []
-    failures: list[tuple[Platform, BaseException | str]] = []
+    failures: list[Failure] = []
     for platform, future in zip(request.platforms, futures, strict=True):
         future.wait()
         state = future.state
@@ -253,12 +255,14 @@ def collect_images(futures: list[PrefectFuture[PlatformImage]], *,
         reason = state.result(raise_on_failure=False)
         failures.append((platform, reason if isinstance(reason, BaseException)
                          else (state.message or state.name)))
-    if failures:
+    try:
+        return settle(request, images, failures, warn=get_run_logger().warning)
+    except PlatformsFailed:
         create_markdown_artifact(
             key=f"{artifact_key_for(request.image.name)}-failure",
             markdown=failure_markdown(str(request.image),
-                                      [(str(p), reason) for p, reason in failures]),
+                                      [(f"{p} (optional)" if request.is_optional(p)
+                                        else str(p), reason) for p, reason in failures]),
             description=f"{request.image} failed",
         )
-        raise PlatformsFailed(failure_summary(failures, len(futures)))
-    return images
+        raise

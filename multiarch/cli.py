@@ -123,6 +123,8 @@ def run_build(args: argparse.Namespace, run_flow: RunFlow) -> int:
         print(f"\npublished {result.image} tags: {', '.join(result.tags)}")
         print(f"index digest: {result.index_digest}\n")
         print(text_table(result))
+        for left in result.left_out:
+            print(f"left out {left.platform} (optional, it failed): {left.reason}")
         for item in result.attestations:
             print(f"attached {item.kind:<10} of {item.subject}: {item.digest} ({item.size} B)")
         if result.signed_by:

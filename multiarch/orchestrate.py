@@ -21,7 +21,7 @@ from typing import Protocol
 from multiarch import rebuild
 from multiarch.attest import SupplyChainPlan, supply_plan
 from multiarch.errors import MultiarchError
-from multiarch.platforms import Platform
+from multiarch.partial import Built, Failure, settle
 from multiarch.preflight import check_signing_block, check_target, preflight_request
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
@@ -29,10 +29,6 @@ from multiarch.runclaim import RunRecord, claim_run, sweep
 from multiarch.runners import LineLogger, RunContext, Runner, runner_for, stop_all
 from multiarch.source import PinnedSource, pin_source
 from multiarch.workspace import RunDirs, run_dirs
-
-
-class PlatformsFailed(MultiarchError):
-    """One or more platforms failed; nothing was published."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,8 +51,9 @@ class Steps(Protocol):
                       ) -> tuple[rebuild.Fingerprint | None, rebuild.Decision]: ...
 
     def build_all(self, request: BuildRequest, source: PinnedSource,
-                  run: RunContext) -> list[PlatformImage]:
-        """Every platform at once; raises PlatformsFailed naming each failed platform."""
+                  run: RunContext) -> Built:
+        """Every platform at once, failures settled by `multiarch.partial.settle`: raises
+        PlatformsFailed naming each failed platform unless only optional ones failed."""
         ...
 
     def publish(self, request: BuildRequest, source: PinnedSource,
@@ -89,11 +86,13 @@ def run_build(request: BuildRequest, steps: Steps, *, run_id: str) -> Outcome:
             finishing(runner, request, run):
         for swept in sweep(dirs.work):
             steps.log.info(f"swept what a dead run left: {swept}")
-        images = steps.build_all(request, source, run)
+        built = steps.build_all(request, source, run)
         annotations = wanted.annotations() if wanted else None
         supply = supply_plan(request, source, wanted, invocation_id=steps.flow_run_id or run_id)
         steps.before_publish()
-        result = steps.publish(request, source, images, run, annotations, supply)
+        result = steps.publish(request, source, built.images, run, annotations, supply)
+    if built.left_out:
+        result = result.model_copy(update={"left_out": built.left_out})
     return Outcome(result=result)
 
 
@@ -139,11 +138,6 @@ def run_record(request: BuildRequest, dirs: RunDirs, *, flow_run_id: str | None 
     )
 
 
-def failure_summary(failures: list[tuple[Platform, BaseException | str]], total: int) -> str:
-    return (f"{len(failures)} of {total} platforms failed, nothing was published: "
-            + "; ".join(str(reason) for _, reason in failures))
-
-
 @dataclass(kw_only=True)
 class PlainSteps:
     """Each unit as a plain call; platforms in parallel threads."""
@@ -159,17 +153,15 @@ class PlainSteps:
         return decide(request, source, info=self.log.info, warn=self.log.info)
 
     def build_all(self, request: BuildRequest, source: PinnedSource,
-                  run: RunContext) -> list[PlatformImage]:
+                  run: RunContext) -> Built:
         runner = runner_for(request.runner.kind)
         with ThreadPoolExecutor(max_workers=len(request.platforms)) as pool:
             futures = [pool.submit(runner.build, request, source, p, run)
                        for p in request.platforms]
         errors = [(p, f.exception()) for p, f in zip(request.platforms, futures, strict=True)]
-        failures: list[tuple[Platform, BaseException | str]] = [
-            (p, error) for p, error in errors if error is not None]
-        if failures:
-            raise PlatformsFailed(failure_summary(failures, len(futures)))
-        return [f.result() for f in futures]
+        failures: list[Failure] = [(p, error) for p, error in errors if error is not None]
+        return settle(request, [f.result() for f in futures if f.exception() is None],
+                      failures, warn=lambda line: self.log.info(f"WARNING: {line}"))
 
     def publish(self, request: BuildRequest, source: PinnedSource,
                 images: list[PlatformImage], run: RunContext,

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ class Fingerprint:
     bases: Mapping[str, str | None] = field(default_factory=dict)  # name -> digest
     final_base: str | None = None
     containerfile_digest: str | None = None  # for the provenance; not an annotation
+    platforms: tuple[str, ...] = ()  # every platform asked for; the index must hold them all
 
     def annotations(self) -> dict[str, str]:
         annotations = {INPUTS_ANNOTATION: self.inputs_digest,
@@ -68,8 +69,13 @@ class Decision:
 
 
 def decide(*, current: Mapping[str, str] | None, wanted: Fingerprint,
-           index_digest: str | None) -> Decision:
-    """Compare the tag's annotations with what this run would publish."""
+           index_digest: str | None, published: Collection[str] | None = None) -> Decision:
+    """Compare the tag's annotations with what this run would publish.
+
+    `published`: the platforms the tag's index holds. An optional platform that failed was
+    left out of it under the same fingerprint, so a platform asked for and missing there
+    means a rebuild, which retries it (the index says nothing about why it is missing).
+    """
     if current is None:
         return Decision(up_to_date=False, reasons=("the tag does not exist yet",))
     reasons = []
@@ -88,6 +94,10 @@ def decide(*, current: Mapping[str, str] | None, wanted: Fingerprint,
         elif old_bases.get(name) != digest:
             reasons.append(f"base {name} moved from {old_bases.get(name) or 'nothing'} to "
                            f"{digest}")
+    reasons += [f"{platform} is missing from the published index (an optional platform "
+                "left out when it failed): building to retry it"
+                for platform in wanted.platforms if published is not None
+                and platform not in published]
     if reasons:
         return Decision(up_to_date=False, reasons=tuple(reasons), index_digest=index_digest)
     unchanged = [f"source revision {wanted.revision}" if wanted.revision else
@@ -186,6 +196,7 @@ def fingerprint(request: BuildRequest, source: PinnedSource) -> Fingerprint:
         bases={name: base_digest(name, insecure=request.insecure_registry) for name in bases},
         final_base=final_base(text, request.build_args, target=request.target),
         containerfile_digest=sha256_digest(text.encode()),
+        platforms=tuple(str(p) for p in request.platforms),
     )
 
 
@@ -206,7 +217,26 @@ def check(request: BuildRequest, source: PinnedSource) -> tuple[Fingerprint, Dec
         return wanted, decide(current=None, wanted=wanted, index_digest=None)
     digest, index = current
     return wanted, decide(current=index.get("annotations") or {}, wanted=wanted,
-                          index_digest=digest)
+                          index_digest=digest, published=index_platforms(index))
+
+
+def index_platforms(index: Mapping[str, Any]) -> set[str]:
+    """The platforms an index (or a Docker manifest list) holds, in our normal form
+    (`linux/arm64`, not `linux/arm64/v8`); entries that name no valid platform are skipped."""
+    found = set()
+    for entry in index.get("manifests", []):
+        try:
+            found.add(str(entry_platform(entry)))
+        except ValueError:
+            continue
+    return found
+
+
+def entry_platform(entry: Mapping[str, Any]) -> Platform:
+    """The platform of an index entry; ValueError when it names none we know."""
+    platform = entry.get("platform") or {}
+    return Platform.parse("/".join(x for x in (platform.get("os"), platform.get("architecture"),
+                                               platform.get("variant")) if x))
 
 
 def published_result(request: BuildRequest, index_digest: str) -> BuildResult:
@@ -222,10 +252,7 @@ def published_result(request: BuildRequest, index_digest: str) -> BuildResult:
         size = len(manifest_raw or b"") + sum(
             int(blob.get("size", 0)) for blob in [manifest.get("config", {}),
                                                   *manifest.get("layers", [])])
-        platform = entry.get("platform", {})
-        text = "/".join(x for x in (platform.get("os"), platform.get("architecture"),
-                                    platform.get("variant")) if x)
-        platforms.append(PlatformSummary(platform=Platform.parse(text), digest=entry["digest"],
+        platforms.append(PlatformSummary(platform=entry_platform(entry), digest=entry["digest"],
                                          size=size, emulated=False, duration_s=0.0))
     return BuildResult(image=request.image.name, index_digest=index_digest,
                        tags=list(request.all_tags), platforms=platforms, up_to_date=True)

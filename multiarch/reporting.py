@@ -15,6 +15,15 @@ def human_size(size: int) -> str:
 
 
 def platform_rows(result: BuildResult) -> list[dict[str, str]]:
+    """One row per platform asked for: those in the index, then those left out and why."""
+    return published_rows(result) + [
+        {"platform": str(item.platform), "digest": "-", "size": "-", "duration": "-",
+         "build": f"left out: {item.reason}"}
+        for item in result.left_out
+    ]
+
+
+def published_rows(result: BuildResult) -> list[dict[str, str]]:
     return [
         {
             "platform": str(p.platform),
@@ -34,17 +43,31 @@ def markdown_summary(result: BuildResult) -> str:
         f"- index digest: `{result.index_digest}`",
         f"- tags: {', '.join(f'`{t}`' for t in result.tags)}",
         f"- pull: `{result.pull_reference}`",
+        *([f"- left out: {', '.join(f'`{i.platform}`' for i in result.left_out)} (optional, "
+           "failed: see below)"] if result.left_out else []),
         "",
         "| platform | digest | size | duration | build |",
         "|---|---|---|---|---|",
     ]
-    for row in platform_rows(result):
+    for row in published_rows(result):
         lines.append(
             f"| {row['platform']} | `{row['digest']}` | {row['size']} | "
             f"{row['duration']} | {row['build']} |"
         )
+    lines += left_out_markdown(result)
     lines += supply_chain_markdown(result)
     return "\n".join(lines) + "\n"
+
+
+def left_out_markdown(result: BuildResult) -> list[str]:
+    """Optional platforms that failed: the index was published without them."""
+    if not result.left_out:
+        return []
+    lines = ["", "## Left out", "",
+             f"{len(result.left_out)} optional platform(s) failed; the index was published "
+             "without them:", ""]
+    lines += [f"- **{item.platform}**: {item.reason}" for item in result.left_out]
+    return lines
 
 
 def supply_chain_markdown(result: BuildResult) -> list[str]:

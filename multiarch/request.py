@@ -112,6 +112,10 @@ class BuildRequest(BaseModel):
     platforms: Annotated[tuple[Platform, ...], Cli("--platform")] = Field(
         min_length=1, description="Target platforms, os/arch[/variant]."
     )
+    optional_platforms: Annotated[tuple[Platform, ...], Cli("--optional-platform")] = Field(
+        (), description="Platforms (each also in platforms) the index may go without: when "
+        "only these fail, after their retries, the others are published and the result says "
+        "which were left out and why; a required platform failing publishes nothing.")
     context: str = Field(description="Build context: a local directory or a git URL.")
     git_ref: str | None = Field(
         None, description="Branch, tag or commit of a git context (default: HEAD)."
@@ -159,7 +163,7 @@ class BuildRequest(BaseModel):
         default_factory=SupplyChainOptions,
         description="SBOM, provenance and signatures attached at publish (SupplyChainOptions).")
 
-    @field_validator("platforms")
+    @field_validator("platforms", "optional_platforms")
     @classmethod
     def _unique_platforms(cls, value: tuple[Platform, ...]) -> tuple[Platform, ...]:
         seen: set[str] = set()
@@ -210,6 +214,23 @@ class BuildRequest(BaseModel):
                 f"containerfile {value!r} must be a path inside the context, relative to it"
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_optional_platforms(self) -> BuildRequest:
+        """Optional platforms are a subset of the platforms, and never all of them: a run
+        whose every platform may fail could succeed having published nothing."""
+        listed = [str(p) for p in self.platforms]
+        for platform in self.optional_platforms:
+            if str(platform) not in listed:
+                raise ValueError(
+                    f"optional_platforms: {platform} is not one of platforms "
+                    f"({', '.join(listed)}): add it to platforms or drop it from "
+                    "optional_platforms")
+        if len(self.optional_platforms) == len(self.platforms):
+            raise ValueError(
+                "optional_platforms: every platform is optional, so a run could publish "
+                "nothing: keep at least one platform required (drop one from optional_platforms)")
+        return self
 
     @model_validator(mode="after")
     def _check_context(self) -> BuildRequest:
@@ -270,6 +291,10 @@ class BuildRequest(BaseModel):
         """The image's own tag first, then the extra tags, without repeats."""
         ordered = [self.image.tag or DEFAULT_TAG, *self.tags]
         return tuple(dict.fromkeys(ordered))
+
+    def is_optional(self, platform: Platform) -> bool:
+        """May the index be published without this platform (optional_platforms)?"""
+        return str(platform) in {str(p) for p in self.optional_platforms}
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -54,6 +54,15 @@ class Attestation(BaseModel):
     size: int  # bytes of the SBOM, statement or signature
 
 
+class LeftOut(BaseModel):
+    """An optional platform that failed, so the index was published without it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    platform: Platform
+    reason: str  # the build's own error, as the failure report would give it
+
+
 class BuildResult(BaseModel):
     """What a successful run published: the index digest and where it lives."""
 
@@ -66,6 +75,7 @@ class BuildResult(BaseModel):
     up_to_date: bool = False  # rebuild: if-changed found nothing to do; nothing was built
     attestations: list[Attestation] = []  # SBOMs, provenance and signatures attached
     signed_by: str | None = None  # the signing key's fingerprint
+    left_out: list[LeftOut] = []  # optional platforms that failed and are not in the index
 
     @property
     def pull_reference(self) -> str:

@@ -30,6 +30,7 @@ def test_written_values_stay_strings_in_the_ui_form():
     props = build_multiarch_image.parameters.properties
     assert props["image"]["type"] == "string"
     assert props["platforms"]["items"] == {"type": "string"}
+    assert props["optional_platforms"]["anyOf"][0]["items"] == {"type": "string"}
     assert set(props["handoff"]["enum"]) == {"shared", "registry"}
 
 
@@ -38,7 +39,8 @@ def test_every_scalar_field_has_a_flag_including_the_ones_the_cli_used_to_lack()
         .choices["build"].format_help()  # type: ignore[union-attr]
     for flag in ("--rebuild", "--handoff", "--cache", "--source-date-epoch", "--platform",
                  "--tag", "--build-arg", "--file", "--runner", "--timeout", "--namespace",
-                 "--unschedulable-grace", "--git-credentials-block", "--keep-shared"):
+                 "--unschedulable-grace", "--git-credentials-block", "--keep-shared",
+                 "--optional-platform"):
         assert flag in help_text, flag
 
 
@@ -48,12 +50,13 @@ def test_flags_make_the_same_request_as_parameters():
         "--platform", "linux/arm64", "--context", HELLO, "--tag", "x", "--build-arg", "A=1=2",
         "--rebuild", "if-changed", "--handoff", "registry", "--cache", "registry",
         "--source-date-epoch", "0", "--timeout", "60", "--namespace", "ns",
+        "--optional-platform", "linux/arm64",
     ])
     from_flags = request_from_args(args)
     from_parameters = BuildRequest(
         image="127.0.0.1:5000/a/b:1", platforms=["linux/amd64", "linux/arm64"], context=HELLO,
         tags=["x"], build_args={"A": "1=2"}, rebuild="if-changed", handoff="registry",
-        cache="registry", source_date_epoch=0,
+        cache="registry", source_date_epoch=0, optional_platforms=["linux/arm64"],
         runner={"timeout_s": 60, "kubernetes": {"namespace": "ns"}},
     )
     assert from_flags == from_parameters

@@ -10,6 +10,7 @@ from multiarch.rebuild import (
     INPUTS_ANNOTATION,
     Fingerprint,
     decide,
+    index_platforms,
     inputs_digest,
     tree_digest,
 )
@@ -96,6 +97,34 @@ def test_new_revision_changed_inputs_and_missing_tag_rebuild():
 def test_unresolvable_base_never_counts_as_unchanged():
     wanted = Fingerprint(revision="abc", inputs_digest="sha256:in", bases={"gone:1": None})
     assert not decide(current=wanted.annotations(), wanted=wanted, index_digest="x").up_to_date
+
+
+def test_a_platform_missing_from_the_index_rebuilds_to_retry_it():
+    """An optional platform left out keeps the same fingerprint: only the index shows it."""
+    wanted = Fingerprint(revision="abc", inputs_digest="sha256:in", bases=WANTED.bases,
+                         platforms=("linux/amd64", "linux/arm64"))
+    full = decide(current=wanted.annotations(), wanted=wanted, index_digest="x",
+                  published={"linux/amd64", "linux/arm64"})
+    assert full.up_to_date
+    partial = decide(current=wanted.annotations(), wanted=wanted, index_digest="x",
+                     published={"linux/amd64"})
+    assert not partial.up_to_date
+    assert partial.reasons == ("linux/arm64 is missing from the published index (an optional "
+                               "platform left out when it failed): building to retry it",)
+
+
+def test_index_platforms_are_read_in_normal_form_skipping_unknown_entries():
+    index = {"manifests": [
+        {"digest": "sha256:a", "platform": {"os": "linux", "architecture": "amd64"}},
+        {"digest": "sha256:b", "platform": {"os": "linux", "architecture": "arm64",
+                                            "variant": "v8"}},
+        {"digest": "sha256:c", "platform": {"os": "linux", "architecture": "arm",
+                                            "variant": "v7"}},
+        {"digest": "sha256:d", "platform": {"os": "unknown", "architecture": "unknown"}},
+        {"digest": "sha256:e"},
+    ]}
+    assert index_platforms(index) == {"linux/amd64", "linux/arm64", "linux/arm/v7"}
+    assert index_platforms({}) == set()
 
 
 def test_inputs_digest_changes_with_build_args_and_context_content(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from multiarch.platforms import Platform
 from multiarch.reporting import artifact_key, human_size, markdown_summary, text_table
-from multiarch.results import Attestation, BuildResult, PlatformSummary
+from multiarch.results import Attestation, BuildResult, LeftOut, PlatformSummary
 
 AMD_DIGEST = "sha256:" + "a" * 64
 ARM_DIGEST = "sha256:" + "b" * 64
@@ -107,6 +107,31 @@ def test_markdown_summary_lists_every_referrer_by_digest() -> None:
     assert any("signed with GPG key `" + "ABCD" * 10 + "`" in line for line in lines)
     assert f"| linux/amd64 | sbom | `{sbom}` | 2.0 KiB |" in lines
     assert f"| index | signature | `{signature}` | 377 B |" in lines
+
+
+def left_out_result() -> BuildResult:
+    only_amd = result().model_copy(update={"platforms": result().platforms[:1]})
+    return only_amd.model_copy(update={"left_out": [LeftOut(
+        platform=Platform.parse("linux/arm64"),
+        reason="step build exited with 7: this step does not support aarch64")]})
+
+
+def test_the_tables_name_a_left_out_platform_and_why() -> None:
+    lines = text_table(left_out_result()).splitlines()
+    assert [line.split()[0] for line in lines] == ["platform", "linux/amd64", "linux/arm64"]
+    assert lines[2].split()[1:4] == ["-", "-", "-"]
+    assert lines[2].endswith("left out: step build exited with 7: this step does not support "
+                             "aarch64")
+
+
+def test_markdown_summary_says_the_index_was_published_without_a_platform() -> None:
+    lines = markdown_summary(left_out_result()).splitlines()
+    assert "- left out: `linux/arm64` (optional, failed: see below)" in lines
+    assert not any(line.startswith("| linux/arm64") for line in lines)  # not in the index
+    assert "## Left out" in lines
+    assert ("- **linux/arm64**: step build exited with 7: this step does not support aarch64"
+            in lines)
+    assert "## Left out" not in markdown_summary(result())
 
 
 @pytest.mark.parametrize(

@@ -282,3 +282,33 @@ def test_round_trips_through_json(context: Path) -> None:
     again = BuildRequest.model_validate_json(request.model_dump_json())
     assert again == request
     assert request.model_dump()["platforms"] == ("linux/amd64", "linux/arm64")
+
+
+# --- optional platforms ----------------------------------------------------------------------
+
+
+def test_optional_platforms_are_a_subset_of_platforms_in_any_spelling(context: Path) -> None:
+    request = make(context, optional_platforms=["linux/aarch64"])
+    assert request.optional_platforms == (Platform.parse("linux/arm64"),)
+    assert request.is_optional(Platform.parse("linux/arm64/v8"))
+    assert not request.is_optional(Platform.parse("linux/amd64"))
+    assert make(context).optional_platforms == ()
+
+
+def test_an_optional_platform_must_be_one_of_platforms(context: Path) -> None:
+    assert error_of(context, optional_platforms=["linux/s390x"]) == (
+        "optional_platforms: linux/s390x is not one of platforms (linux/amd64, linux/arm64): "
+        "add it to platforms or drop it from optional_platforms")
+
+
+def test_one_platform_must_stay_required(context: Path) -> None:
+    message = error_of(context, optional_platforms=["linux/arm64", "linux/amd64"])
+    assert message.startswith("optional_platforms: every platform is optional")
+    assert "keep at least one platform required" in message
+
+
+def test_a_bad_or_repeated_optional_platform_names_the_field(context: Path) -> None:
+    assert error_of(context, optional_platforms=["linux/sparc"]).startswith(
+        "optional_platforms.0: platform architecture 'sparc' is unknown")
+    assert error_of(context, optional_platforms=["linux/arm64", "linux/aarch64"]) == (
+        "optional_platforms: platform linux/arm64 is listed twice")
