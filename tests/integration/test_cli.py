@@ -56,7 +56,8 @@ def test_build_prints_one_json_object_matching_the_registry(playground, prefect_
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert set(result) == {"image", "index_digest", "tags", "platforms", "up_to_date",
-                           "attestations", "signed_by"}
+                           "attestations", "signed_by", "left_out"}
+    assert result["left_out"] == []
     assert result["up_to_date"] is False
     # SBOM and provenance by default, no signature without a key
     assert sorted((a["subject"], a["kind"]) for a in result["attestations"]) == [
@@ -82,6 +83,8 @@ def test_build_prints_one_json_object_matching_the_registry(playground, prefect_
         (["--platform", "linux/amd64", "--image", "hello:latest"], "image", "registry"),
         (["--platform", "linux/amd64", "--tag=-bad"], "tags", "invalid"),
         (["--platform", "linux/amd64", "--context", "/does/not/exist"], "context", "git URL"),
+        (["--platform", "linux/amd64", "--optional-platform", "linux/arm64"],
+         "optional_platforms", "add it to platforms"),
     ],
 )
 def test_bad_input_fails_at_once_naming_the_field(args, field, hint):
