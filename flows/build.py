@@ -1,7 +1,8 @@
 """`build-multiarch-image`: validate, pin the source, build every platform at once, publish.
 
 Composition only; the work lives in `multiarch/`. Publish depends on every build: if one
-platform fails, nothing is pushed and the failure names each platform and why.
+required platform fails, nothing is pushed and the failure names each platform and why;
+optional platforms that fail are left out (multiarch/partial.py).
 """
 
 from __future__ import annotations

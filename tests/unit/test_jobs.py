@@ -363,6 +363,25 @@ def test_signing_key_secret_is_mounted_only_into_the_publish_step_by_path():
         assert "signing" not in build
 
 
+def test_the_publish_pod_is_told_only_the_platforms_that_built():
+    """arm64 optional and failed: the pod publishes, attests and signs amd64 and arm/v7."""
+    from multiarch.attest import supply_plan
+    from multiarch.results import PlatformImage
+    from multiarch.runners.kubernetes.runner import publish_spec
+
+    req = BuildRequest.model_validate({**request().model_dump(mode="json"),
+                                       "optional_platforms": ["linux/arm64"]})
+    built = [PlatformImage(platform=Platform.parse(p), digest="sha256:" + c * 64, size=0,
+                           emulated=False, duration_s=1.0, layout=f"/shared/run1/{p}")
+             for p, c in (("linux/amd64", "a"), ("linux/arm/v7", "b"))]
+    spec = publish_spec(req, SOURCE, built, run_id="run1",
+                        supply=supply_plan(req, SOURCE, None, invocation_id="run1"))
+    step = publish_spec_step(spec, result_file="/dev/termination-log")
+    sent = PublishSpec.model_validate_json(step.argv[step.argv.index("--spec") + 1])
+    assert [str(i.platform) for i in sent.images] == ["linux/amd64", "linux/arm/v7"]
+    assert "linux/arm64" not in step.argv[step.argv.index("--spec") + 1]
+
+
 def test_git_credentials_secret_is_mounted_only_into_the_fetch_step():
     manifest = manifest_for("linux/arm64", git_credentials_secret="git-creds")
     pod = manifest["spec"]["template"]["spec"]
