@@ -158,10 +158,12 @@ class PlainSteps:
         with ThreadPoolExecutor(max_workers=len(request.platforms)) as pool:
             futures = [pool.submit(runner.build, request, source, p, run)
                        for p in request.platforms]
-        errors = [(p, f.exception()) for p, f in zip(request.platforms, futures, strict=True)]
-        failures: list[Failure] = [(p, error) for p, error in errors if error is not None]
-        return settle(request, [f.result() for f in futures if f.exception() is None],
-                      failures, warn=lambda line: self.log.info(f"WARNING: {line}"))
+        outcomes = list(zip(request.platforms, futures, strict=True))
+        failures: list[Failure] = [(p, error) for p, f in outcomes
+                                   if (error := f.exception()) is not None]
+        images = [f.result() for _, f in outcomes if f.exception() is None]
+        return settle(request, images, failures,
+                      warn=lambda line: self.log.info(f"WARNING: {line}"))
 
     def publish(self, request: BuildRequest, source: PinnedSource,
                 images: list[PlatformImage], run: RunContext,

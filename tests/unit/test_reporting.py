@@ -159,3 +159,16 @@ def test_artifact_key_never_empty() -> None:
 )
 def test_artifact_key_charset(image: str) -> None:
     assert re.fullmatch(r"[a-z0-9]+(?:-+[a-z0-9]+)*", artifact_key(result(image)))
+
+
+def test_the_cli_says_which_platform_was_left_out_and_why(capsys) -> None:
+    from multiarch.cli import build_parser, run_build
+
+    args = build_parser().parse_args([
+        "build", "--image", "127.0.0.1:5000/examples/hello", "--platform", "linux/amd64",
+        "--platform", "linux/arm64", "--optional-platform", "linux/arm64",
+        "--context", "examples/hello"])
+    assert run_build(args, lambda parameters: left_out_result()) == 0
+    out = capsys.readouterr().out
+    assert ("left out linux/arm64 (optional, it failed): step build exited with 7: this step "
+            "does not support aarch64") in out
