@@ -112,6 +112,10 @@ def inputs_digest(request: BuildRequest, source: PinnedSource, containerfile: st
         # Only when given, so digests recorded before this field existed stay valid. The
         # default epoch follows from the source, which this document already holds.
         document["source_date_epoch"] = request.source_date_epoch
+    if request.index_format != "oci":
+        # Another format publishes other manifests: switching must rebuild. Only when not
+        # the default, so digests recorded before this field existed stay valid.
+        document["index_format"] = request.index_format
     return sha256_digest(json.dumps(document, sort_keys=True).encode())
 
 
