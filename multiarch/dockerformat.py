@@ -34,28 +34,26 @@ from typing import TYPE_CHECKING, Any
 from multiarch.errors import PublishError
 from multiarch.oci import LayoutImage, blob_path, link_blob
 from multiarch.ocispec import (
+    DOCKER_CONFIG,
+    DOCKER_FOREIGN_LAYER,
+    DOCKER_LAYER,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_LAYER_GZIP,
     MEDIA_TYPE_MANIFEST,
+    MEDIA_TYPE_NONDISTRIBUTABLE_GZIP,
     sha256_digest,
 )
 
 if TYPE_CHECKING:
     from multiarch.platforms import Platform
 
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_NONDISTRIBUTABLE_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-
 # OCI (or already Docker) layer type -> the Docker schema 2 type naming the same bytes
 LAYER_TYPES = {
-    OCI_LAYER_GZIP: DOCKER_LAYER,
-    OCI_NONDISTRIBUTABLE_GZIP: DOCKER_FOREIGN_LAYER,
+    MEDIA_TYPE_LAYER_GZIP: DOCKER_LAYER,
+    MEDIA_TYPE_NONDISTRIBUTABLE_GZIP: DOCKER_FOREIGN_LAYER,
     DOCKER_LAYER: DOCKER_LAYER,
     DOCKER_FOREIGN_LAYER: DOCKER_FOREIGN_LAYER,
 }

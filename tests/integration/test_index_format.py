@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from multiarch.cli import main as cli_main
-from multiarch.dockerformat import DOCKER_CONFIG, DOCKER_LAYER
 from multiarch.ocispec import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     MEDIA_TYPE_INDEX,

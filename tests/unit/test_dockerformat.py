@@ -11,9 +11,6 @@ from typing import Any
 import pytest
 
 from multiarch.dockerformat import (
-    DOCKER_CONFIG,
-    DOCKER_FOREIGN_LAYER,
-    DOCKER_LAYER,
     converted_images,
     docker_manifest,
     write_manifest_list_dir,
@@ -21,6 +18,9 @@ from multiarch.dockerformat import (
 from multiarch.errors import PublishError
 from multiarch.oci import assemble_index, blob_path, read_layout_image
 from multiarch.ocispec import (
+    DOCKER_CONFIG,
+    DOCKER_FOREIGN_LAYER,
+    DOCKER_LAYER,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     MEDIA_TYPE_CONFIG,
