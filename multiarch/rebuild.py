@@ -79,8 +79,8 @@ def decide(*, current: Mapping[str, str] | None, wanted: Fingerprint,
         reasons.append(f"source revision changed: {current.get(REVISION_LABEL)} -> "
                        f"{wanted.revision}")
     elif current.get(INPUTS_ANNOTATION) != wanted.inputs_digest:
-        reasons.append("the context, Containerfile, build args, labels, target or platforms "
-                       "changed")
+        reasons.append("the context, Containerfile, build args, labels, target, platforms "
+                       "or index format changed")
     old_bases = json.loads(current.get(BASES_ANNOTATION, "{}") or "{}")
     for name, digest in wanted.bases.items():
         if digest is None:
