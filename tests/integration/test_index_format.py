@@ -25,6 +25,8 @@ from multiarch.ocispec import (
 from multiarch.orchestrate import build_and_publish
 from multiarch.request import BuildRequest, RunnerOptions
 from multiarch.results import BuildResult
+from multiarch.signing import generate_key
+from multiarch.supplychain import SupplyChainOptions
 from tests.faults.fault_proxy import FaultProxy
 from tests.integration.conftest import skopeo_raw, tag_digest
 
@@ -179,12 +181,15 @@ def test_the_oci_default_names_the_same_blobs_with_oci_manifests(
                      for m in docker]
 
 
-def test_registry_handoff_publishes_docker_manifests_without_uploading_a_blob(
+def test_registry_handoff_publishes_signed_docker_manifests_without_a_blob_twice(
         playground, proxy, context, tmp_path) -> None:
-    """The builds pushed their blobs; publish only PUTs manifests (counted apart)."""
+    """The builds pushed their blobs; publish PUTs the Docker manifests and the list, and
+    signs them: the signatures are over the Docker manifests' bytes."""
+    secret, public = generate_key(tmp_path / "keys")
     request = request_for(f"{proxy.address}/tests/docker-registry-handoff", context,
                           tmp_path / "w", playground.base, index_format="docker",
-                          handoff="registry", rebuild="always")
+                          handoff="registry", rebuild="always",
+                          supply_chain=SupplyChainOptions(sign_key_file=str(secret)))
     since = len(proxy.seen)
     published = publish(proxy, request)
     publish_lines = [line for line in proxy.seen[since:]
@@ -196,4 +201,5 @@ def test_registry_handoff_publishes_docker_manifests_without_uploading_a_blob(
         assert any(entry["digest"] in line for line in publish_lines)
     twice = {digest: n for digest, n in published.uploads.items() if n > 1}
     assert not twice, f"blobs uploaded more than once: {twice}"
-    assert cli_main(["verify", f"{published.image}:1", "--insecure-registry"]) == 0
+    assert cli_main(["verify", f"{published.image}:1", "--insecure-registry",
+                     "--key", str(public)]) == 0
