@@ -21,9 +21,10 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -104,7 +105,7 @@ def attach_supply_chain(client: RegistryClient, image: ImageReference, *, index:
             subject = str(built.platform)
             if plan.sbom:
                 document = platform_sbom(built, image=image, plan=plan, insecure=insecure,
-                                         emit=emit)
+                                         emit=emit, subject=json.loads(manifest.body))
                 attached.append(_attach(client, image, manifest, subject=subject, kind="sbom",
                                         artifact_type=sbom.SBOM_MEDIA_TYPE, blob=document))
             if plan.provenance is not None:
@@ -175,13 +176,19 @@ def sign_manifest(client: RegistryClient, image: ImageReference, manifest: Manif
 
 
 def platform_sbom(built: PlatformImage, *, image: ImageReference, plan: SupplyChainPlan,
-                  insecure: bool, emit: Callable[[str], None]) -> bytes:
+                  insecure: bool, emit: Callable[[str], None],
+                  subject: Mapping[str, Any] | None = None) -> bytes:
     """The SBOM of the platform's image: from its layout on the shared volume, or from a
-    copy of it pulled by digest (registry handoff)."""
+    copy of it pulled by digest (registry handoff). `subject`: the manifest it is attached
+    to, whose blobs the scanned image must hold (a Docker manifest names the same blobs as
+    the OCI one in the layout, or as skopeo's OCI copy of it)."""
     started = time.monotonic()
+    blobs = ([subject["config"]["digest"], *(x["digest"] for x in subject.get("layers", []))]
+             if subject is not None else None)
     with _layout_of(built, image=image, insecure=insecure) as (layout, ref):
         document = sbom.sbom_for_layout(layout, ref, name=image.with_digest(built.digest),
-                                        created=plan.created, subject_digest=built.digest)
+                                        created=plan.created, subject_digest=built.digest,
+                                        subject_blobs=blobs)
     emit(f"[publish] SBOM of {built.platform}: {len(document)} bytes in "
          f"{time.monotonic() - started:.1f} s")
     return document

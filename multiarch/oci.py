@@ -132,8 +132,13 @@ def assemble_index(
     images: Sequence[tuple[Platform, LayoutImage]],
     *,
     annotations: Mapping[str, str],
+    media_type: str = MEDIA_TYPE_INDEX,
 ) -> bytes:
-    """Serialise the image index: entries in request order, compact JSON, stable bytes."""
+    """Serialise the image index: entries in request order, compact JSON, stable bytes.
+
+    `media_type`: an OCI index, or a Docker manifest list (multiarch.dockerformat) over
+    Docker manifests; the two have the same shape.
+    """
     if not images:
         raise PublishError("refusing to assemble an image index with no platforms")
     seen: set[str] = set()
@@ -152,7 +157,7 @@ def assemble_index(
         )
     index: dict[str, Any] = {
         "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_INDEX,
+        "mediaType": media_type,
         "manifests": manifests,
     }
     if annotations:
@@ -178,7 +183,7 @@ def write_index_layout(
     for image in images:
         assert image.layout is not None, "only layouts are linked into an index layout"
         for digest in (image.manifest_digest, *image.blob_digests):
-            _link(blob_path(image.layout, digest), blob_path(destination, digest))
+            link_blob(blob_path(image.layout, digest), blob_path(destination, digest))
     digest = sha256_digest(index)
     blob_path(destination, digest).write_bytes(index)
     entry = {
@@ -193,7 +198,8 @@ def write_index_layout(
     return digest
 
 
-def _link(source: Path, target: Path) -> None:
+def link_blob(source: Path, target: Path) -> None:
+    """Hard link, else a relative symlink; an existing target is kept."""
     if target.exists():
         return
     try:

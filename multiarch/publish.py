@@ -1,5 +1,9 @@
 """Publish: one OCI image index over every platform, pushed by digest, tags last, verified.
 
+With `index_format: docker` the index is a Docker manifest list over Docker schema 2
+manifests of the same blobs (multiarch.dockerformat), converted here before anything is
+pushed; the rest (tags, checks, attestations) is the same for both formats.
+
 Order matters for atomicity. Blobs, platform manifests and the index go up by digest,
 untagged (skopeo), so a failure part-way leaves every existing tag where it was. Only then
 are the tags written, all or nothing: what each tag holds is recorded, each tag gets the
@@ -18,12 +22,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from multiarch.attest import SupplyChainPlan, attach_supply_chain
+from multiarch.dockerformat import INDEX_FORMATS, converted_images
 from multiarch.errors import MultiarchError, PublishError
 from multiarch.handoff import handoff_named
-from multiarch.oci import assemble_index
+from multiarch.oci import LayoutImage, assemble_index, blob_path
 from multiarch.ocispec import (
     CREATED_ANNOTATION,
-    MEDIA_TYPE_INDEX,
     REVISION_LABEL,
     SOURCE_LABEL,
     sha256_digest,
@@ -40,7 +44,7 @@ from multiarch.registry_api import (
     registry_client,
     retrying,
 )
-from multiarch.request import BuildRequest
+from multiarch.request import BuildRequest, IndexFormat
 from multiarch.results import Attestation, BuildResult, PlatformImage, summarise
 from multiarch.signals import signals_held
 from multiarch.source import PinnedSource
@@ -80,6 +84,7 @@ def publish_request(
         images, image=request.image, tags=request.all_tags, source=source,
         index_dir=index_dir, insecure=request.insecure_registry, emit=emit,
         annotations=annotations, journal=journal, supply=supply,
+        index_format=request.index_format,
     )
 
 
@@ -95,8 +100,12 @@ def publish_images(
     annotations: Mapping[str, str] | None = None,
     journal: Path | None = None,
     supply: SupplyChainPlan | None = None,
+    index_format: IndexFormat = "oci",
 ) -> BuildResult:
     """Assemble, push and verify; returns the published result or raises PublishError.
+
+    `index_format`: oci, or docker (each platform's manifest converted, same blobs; the
+    result, the attestations' subjects and the checks then name the Docker manifests).
 
     `supply`: SBOMs, provenance and signatures to attach (multiarch.attest), all checked
     by digest before the first tag is written.
@@ -120,13 +129,20 @@ def publish_images(
     merged.update(annotations or {})
     with registry_client(image.registry, insecure=insecure) as client:
         found = handoff.collect(images, client=client, image=image)
-        index = assemble_index(found, annotations=merged)
+        manifests: dict[str, bytes] = {}
+        if index_format == "docker":
+            found, manifests = converted_images(
+                found, manifest_bytes=lambda built: _manifest_bytes(client, image, built))
+            images = [_renamed(built, layout_image.manifest_digest)
+                      for built, (_, layout_image) in zip(images, found, strict=True)]
+        index_type = INDEX_FORMATS[index_format]
+        index = assemble_index(found, annotations=merged, media_type=index_type)
         digest = sha256_digest(index)
-        pushed = Manifest(digest=digest, media_type=MEDIA_TYPE_INDEX, body=index)
+        pushed = Manifest(digest=digest, media_type=index_type, body=index)
         expected = {str(p): img.manifest_digest for p, img in found}
         index_is_new = _read(client, image.repository, digest) is None
         handoff.push_index(index, found, client=client, image=image, index_dir=index_dir,
-                           insecure=insecure, emit=emit)
+                           insecure=insecure, emit=emit, manifests=manifests)
         attested: list[Attestation] = []
         signed_by: str | None = None
         if supply is not None and supply.attaches:
@@ -258,6 +274,23 @@ def describe(held: Mapping[str, Manifest | None]) -> str:
     return ", ".join(f"{tag} -> {m.digest}" if m else f"{tag} absent" for tag, m in held.items())
 
 
+def _manifest_bytes(client: RegistryClient, image: ImageReference,
+                    built: LayoutImage) -> bytes:
+    """A platform's manifest as its handoff left it: in its layout, or in the registry."""
+    if built.layout is not None:
+        return blob_path(built.layout, built.manifest_digest).read_bytes()
+    found = _read(client, image.repository, built.manifest_digest)
+    if found is None:
+        raise PublishError(f"{image.with_digest(built.manifest_digest)} vanished")
+    return found.body
+
+
+def _renamed(built: PlatformImage, digest: str) -> PlatformImage:
+    """The platform as published: under its converted manifest's digest."""
+    reference = built.reference.rsplit("@", 1)[0] + "@" + digest if built.reference else None
+    return built.model_copy(update={"digest": digest, "reference": reference})
+
+
 def _read(client: RegistryClient, repository: str, reference: str) -> Manifest | None:
     return retrying(lambda: read_manifest(client, repository, reference))
 
@@ -285,6 +318,7 @@ class PublishSpec(BaseModel):
     cleanup_dir: str | None = None  # the run's handoff directory, removed once verified
     annotations: dict[str, str] = {}  # extra index annotations (the rebuild fingerprint)
     supply: SupplyChainPlan | None = None  # what to attach and sign (no secret: key by path)
+    index_format: IndexFormat = "oci"
 
 
 def publish_spec_step(spec: PublishSpec, *, result_file: str) -> Step:
@@ -300,7 +334,7 @@ def publish_from_spec(spec: PublishSpec, *, emit: Callable[[str], None]) -> Buil
     result = publish_images(
         spec.images, image=spec.image, tags=spec.tags, source=spec.source,
         index_dir=Path(spec.index_dir), insecure=spec.insecure, emit=emit,
-        annotations=spec.annotations, supply=spec.supply,
+        annotations=spec.annotations, supply=spec.supply, index_format=spec.index_format,
     )
     if spec.cleanup_dir:
         shutil.rmtree(spec.cleanup_dir, ignore_errors=True)

@@ -85,8 +85,8 @@ def decide(*, current: Mapping[str, str] | None, wanted: Fingerprint,
         reasons.append(f"source revision changed: {current.get(REVISION_LABEL)} -> "
                        f"{wanted.revision}")
     elif current.get(INPUTS_ANNOTATION) != wanted.inputs_digest:
-        reasons.append("the context, Containerfile, build args, labels, target or platforms "
-                       "changed")
+        reasons.append("the context, Containerfile, build args, labels, target, platforms "
+                       "or index format changed")
     old_bases = json.loads(current.get(BASES_ANNOTATION, "{}") or "{}")
     for name, digest in wanted.bases.items():
         if digest is None:
@@ -122,6 +122,10 @@ def inputs_digest(request: BuildRequest, source: PinnedSource, containerfile: st
         # Only when given, so digests recorded before this field existed stay valid. The
         # default epoch follows from the source, which this document already holds.
         document["source_date_epoch"] = request.source_date_epoch
+    if request.index_format != "oci":
+        # Another format publishes other manifests: switching must rebuild. Only when not
+        # the default, so digests recorded before this field existed stay valid.
+        document["index_format"] = request.index_format
     return sha256_digest(json.dumps(document, sort_keys=True).encode())
 
 

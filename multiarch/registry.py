@@ -51,6 +51,20 @@ def push_layout(
     label: str,
 ) -> None:
     """Copy a layout's index with every image under it, digests preserved."""
+    push_all(f"oci:{layout}:{ref_name}", destination=destination, target=target, emit=emit,
+             label=label)
+
+
+def push_all(
+    source: str,
+    *,
+    destination: str,
+    target: RegistryTarget,
+    emit: Callable[[str], None],
+    label: str,
+) -> None:
+    """Copy an index (or manifest list) with every image under it from a skopeo source
+    (`oci:DIR:REF`, `dir:DIR`), digests preserved."""
     argv = (
         "skopeo",
         "copy",
@@ -59,7 +73,7 @@ def push_layout(
         "--retry-times",
         RETRY_TIMES,
         *target.tls_flag("--dest-tls-verify"),
-        f"oci:{layout}:{ref_name}",
+        source,
         f"docker://{destination}",
     )
     try:

@@ -54,6 +54,9 @@ def is_git_url(context: str) -> bool:
     return bool(GIT_URL_RE.search(context))
 
 
+IndexFormat = Literal["oci", "docker"]
+
+
 class RunnerOptions(BaseModel):
     """How and where the per-platform steps run."""
 
@@ -145,6 +148,12 @@ class BuildRequest(BaseModel):
         description="How platform images reach publish: shared (OCI layouts on a shared "
         "directory or volume) or registry (each build pushes its image by digest; publish "
         "only writes the index and the tags; no shared volume).",
+    )
+    index_format: IndexFormat = Field(
+        "oci",
+        description="What the tags hold: oci (an OCI image index) or docker (a Docker "
+        "manifest list over Docker V2 schema 2 manifests of the same blobs, for registries "
+        "that reject OCI indexes; gzip layers only).",
     )
     cache: Literal["none", "registry"] = Field(
         "none",

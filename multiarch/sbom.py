@@ -33,7 +33,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -140,15 +140,20 @@ def parse_syft_version(output: bytes | str) -> SyftVersion:
 
 
 def sbom_for_layout(layout: Path, ref: str, *, name: str, created: datetime,
-                    subject_digest: str, emit: Callable[[str], None] | None = None) -> bytes:
+                    subject_digest: str, emit: Callable[[str], None] | None = None,
+                    subject_blobs: Sequence[str] | None = None) -> bytes:
     """SPDX 2.3 JSON of the image `ref` in the OCI layout `layout`, the same bytes each time.
 
     `subject_digest` is the digest of the manifest the SBOM will be attached to; the image
     at `ref` must be that manifest, or the SBOM would describe something else. `created`
     is the source's epoch (multiarch.epoch), `name` the image's name in the document.
+    `subject_blobs` (the subject's config and layer digests, in order): the image at `ref`
+    may then be another manifest of exactly those blobs (`index_format: docker` attaches to
+    the Docker manifest of the OCI one in the layout; the content is the same).
     """
     image = read_layout_image(layout, ref)
-    if image.manifest_digest != subject_digest:
+    if image.manifest_digest != subject_digest and (
+            subject_blobs is None or tuple(subject_blobs) != image.blob_digests):
         raise SbomError(
             f"{layout}:{ref} is {image.manifest_digest}, not the subject {subject_digest}: "
             "refusing to attach an SBOM of another image"

@@ -18,7 +18,7 @@ flow's, follow from it).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -55,8 +55,13 @@ class Handoff(Protocol):
 
     def push_index(self, index: bytes, found: Sequence[tuple[Platform, LayoutImage]], *,
                    client: RegistryClient, image: ImageReference, index_dir: Path,
-                   insecure: bool, emit: Callable[[str], None]) -> None:
-        """Put the index (and whatever the registry lacks) there by digest, untagged."""
+                   insecure: bool, emit: Callable[[str], None],
+                   manifests: Mapping[str, bytes]) -> None:
+        """Put the index (and whatever the registry lacks) there by digest, untagged.
+
+        `manifests`: platform manifests publish made (digest -> bytes: the Docker ones of
+        `index_format: docker`), pushed before the index that names them. The index's
+        own `mediaType` says which kind of index it is."""
         ...
 
     def cleanup(self, dirs: RunDirs, *, keep: bool) -> None:

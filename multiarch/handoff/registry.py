@@ -13,7 +13,7 @@ registry's garbage collection, like any untagged manifest; it is never reachable
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -67,11 +67,22 @@ class RegistryHandoff:
 
     def push_index(self, index: bytes, found: Sequence[tuple[Platform, LayoutImage]], *,
                    client: RegistryClient, image: ImageReference, index_dir: Path,
-                   insecure: bool, emit: Callable[[str], None]) -> None:
+                   insecure: bool, emit: Callable[[str], None],
+                   manifests: Mapping[str, bytes]) -> None:
+        """The blobs are there already (each build pushed them): only manifests go up.
+
+        With `index_format: docker` the Docker manifests go up next to the OCI ones the
+        builds pushed, which stay untagged until the registry's garbage collection."""
+        for made, body in manifests.items():
+            media_type = json.loads(body)["mediaType"]
+            emit(f"[publish] {media_type} -> {image.with_digest(made)}")
+            retrying(lambda made=made, body=body, media_type=media_type: put_manifest(
+                client, image.repository, made, body=body, media_type=media_type))
         digest = sha256_digest(index)
         emit(f"[publish] index of {len(found)} pushed platforms -> {image.with_digest(digest)}")
+        index_type = json.loads(index).get("mediaType", MEDIA_TYPE_INDEX)
         retrying(lambda: put_manifest(client, image.repository, digest, body=index,
-                                      media_type=MEDIA_TYPE_INDEX))
+                                      media_type=index_type))
 
     def cleanup(self, dirs: RunDirs, *, keep: bool) -> None:
         """Nothing on the flow's machine: the layouts lived in the builds' scratch space."""

@@ -7,14 +7,17 @@ layout (no copy of image data) and pushes that by digest with skopeo.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from multiarch.dockerformat import write_manifest_list_dir
 from multiarch.errors import PublishError
 from multiarch.handoff.layouts import export_step
 from multiarch.oci import LayoutImage, read_layout_image, write_index_layout
-from multiarch.registry import RegistryTarget, push_layout
+from multiarch.ocispec import DOCKER_MANIFEST_LIST
+from multiarch.registry import RegistryTarget, push_all
 from multiarch.runclaim import remove_tree
 
 if TYPE_CHECKING:
@@ -46,13 +49,19 @@ class SharedLayouts:
 
     def push_index(self, index: bytes, found: Sequence[tuple[Platform, LayoutImage]], *,
                    client: RegistryClient, image: ImageReference, index_dir: Path,
-                   insecure: bool, emit: Callable[[str], None]) -> None:
-        digest = write_index_layout(index_dir, index, [img for _, img in found],
-                                    ref_name=INDEX_REF)
+                   insecure: bool, emit: Callable[[str], None],
+                   manifests: Mapping[str, bytes]) -> None:
+        images = [img for _, img in found]
+        if json.loads(index).get("mediaType") == DOCKER_MANIFEST_LIST:
+            digest = write_manifest_list_dir(index_dir, index, images, manifests=manifests)
+            source = f"dir:{index_dir}"
+        else:
+            digest = write_index_layout(index_dir, index, images, ref_name=INDEX_REF)
+            source = f"oci:{index_dir}:{INDEX_REF}"
         emit(f"[publish] pushing {len(found)} platforms to {image.with_digest(digest)}")
-        push_layout(index_dir, INDEX_REF, destination=image.with_digest(digest),
-                    target=RegistryTarget(name=image.name, insecure=insecure),
-                    emit=lambda line: emit(f"[publish] {line}"), label="[publish]")
+        push_all(source, destination=image.with_digest(digest),
+                 target=RegistryTarget(name=image.name, insecure=insecure),
+                 emit=lambda line: emit(f"[publish] {line}"), label="[publish]")
 
     def cleanup(self, dirs: RunDirs, *, keep: bool) -> None:
         if not keep:

@@ -459,3 +459,15 @@ def test_every_manifest_validates_against_the_official_schema(version):
                                   flow_run_id="f", attempt="a1b2", owner=owner))
     for manifest in manifests:
         kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_the_publish_pod_is_told_the_index_format():
+    from multiarch.publish import PublishSpec
+    from multiarch.runners.kubernetes.runner import publish_spec
+
+    docker = request().model_copy(update={"index_format": "docker"})
+    for req, wanted in ((request(), "oci"), (docker, "docker")):
+        step = publish_spec_step(publish_spec(req, SOURCE, [], run_id="run1"),
+                                 result_file="/dev/termination-log")
+        spec = PublishSpec.model_validate_json(step.argv[step.argv.index("--spec") + 1])
+        assert spec.index_format == wanted

@@ -144,3 +144,17 @@ def test_inputs_digest_changes_with_build_args_and_context_content(tmp_path):
     (tmp_path / "app.txt").write_text("v2")
     assert tree_digest(tmp_path) != before
     assert digest() != first
+
+
+def test_switching_index_format_rebuilds_and_the_default_keeps_old_digests(tmp_path):
+    (tmp_path / "Containerfile").write_text("FROM scratch\n")
+    source = PinnedSource(kind="local", location=str(tmp_path))
+
+    def digest(**fields):
+        request = BuildRequest(
+            image="reg.test/a/b:1", platforms=("linux/amd64",), context=str(tmp_path), **fields
+        )
+        return inputs_digest(request, source, "FROM scratch\n")
+
+    assert digest(index_format="oci") == digest()
+    assert digest(index_format="docker") != digest()

@@ -95,7 +95,8 @@ def publish_spec(request: BuildRequest, source: PinnedSource, images: list[Platf
                        index_dir=f"{SHARED_MOUNT}/{run_id}/index",
                        cleanup_dir=None if request.runner.keep_shared
                        or request.handoff != "shared" else f"{SHARED_MOUNT}/{run_id}",
-                       annotations=dict(annotations or {}), supply=supply)
+                       annotations=dict(annotations or {}), supply=supply,
+                       index_format=request.index_format)
 
 
 def publish_job_run(request: BuildRequest, source: PinnedSource, images: list[PlatformImage],
