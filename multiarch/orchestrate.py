@@ -41,6 +41,7 @@ class Outcome:
 
     result: BuildResult | None = None
     up_to_date: rebuild.Decision | None = None
+    source: PinnedSource | None = None  # what was built (the published event names it)
 
 
 class Steps(Protocol):
@@ -94,7 +95,7 @@ def run_build(request: BuildRequest, steps: Steps, *, run_id: str) -> Outcome:
         supply = supply_plan(request, source, wanted, invocation_id=steps.flow_run_id or run_id)
         steps.before_publish()
         result = steps.publish(request, source, images, run, annotations, supply)
-    return Outcome(result=result)
+    return Outcome(result=result, source=source)
 
 
 def decide(request: BuildRequest, source: PinnedSource, *, info: Callable[[str], None],
