@@ -23,6 +23,7 @@ from multiarch.attest import SupplyChainPlan, supply_plan
 from multiarch.errors import MultiarchError
 from multiarch.platforms import Platform
 from multiarch.preflight import check_signing_block, check_target, preflight_request
+from multiarch.process import kill_scope_steps, step_scope
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
 from multiarch.runclaim import RunRecord, claim_run, sweep
@@ -73,6 +74,11 @@ class Steps(Protocol):
 
 
 def run_build(request: BuildRequest, steps: Steps, *, run_id: str) -> Outcome:
+    with step_scope(run_id):  # a failure stops this build's steps, not a neighbour's
+        return _run_build(request, steps, run_id=run_id)
+
+
+def _run_build(request: BuildRequest, steps: Steps, *, run_id: str) -> Outcome:
     runner = runner_for(request.runner.kind)
     for note in [*runner.preflight(request), *preflight_request(request),
                  *check_signing_block(request)]:  # before any build
@@ -121,7 +127,13 @@ def finishing(runner: Runner, request: BuildRequest, run: RunContext) -> Iterato
     so nothing writes into a directory after it is removed."""
     try:
         yield
-    except BaseException:
+    except Exception:
+        # This build failed: stop its own steps and what its runner started; other builds
+        # of this process (a fleet runs several) go on.
+        kill_scope_steps()
+        runner.stop()
+        raise
+    except BaseException:  # interrupted (a signal, cancellation): everything stops
         stop_all()
         raise
     finally:
