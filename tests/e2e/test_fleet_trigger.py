@@ -80,7 +80,7 @@ def test_publishing_a_base_rebuilds_its_dependents_through_the_trigger(
         assert time.monotonic() < deadline, f"no fleet run from the event\n{stack.logs()}"
         time.sleep(2)
     [run] = started
-    assert run["parameters"] == {"only_dependents_of": base}
+    assert run["parameters"] == {"catalog": str(catalog), "only_dependents_of": base}
     [run] = stack.wait_for([run["id"]], timeout_s=RUN_TIMEOUT_S)
     assert run["state"]["type"] == "COMPLETED", f"{run['state']['message']}\n{stack.logs()}"
     assert tag_digest(f"{playground.address}/e2e-fleet/dependent:latest") is not None
