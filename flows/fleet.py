@@ -49,7 +49,12 @@ def rebuild_fleet(catalog: str = "examples/fleet/images.yaml",
     """
     log = get_run_logger()
     plan = load_plan(catalog, only_dependents_of=only_dependents_of)
-    log.info(f"catalog {catalog}: order {' -> '.join(plan.order) or '(nothing selected)'}")
+    if not plan.order:
+        log.info(f"catalog {catalog}: no image is built FROM {only_dependents_of}; "
+                 "nothing to do")
+        return Completed(message="nothing to do", data=FleetResult(
+            catalog=catalog, only_dependents_of=only_dependents_of, images=[]))
+    log.info(f"catalog {catalog}: order {' -> '.join(plan.order)}")
     limited = global_limit_exists(FLEET_LIMIT)
     if not limited:
         log.warning(f"no global concurrency limit {FLEET_LIMIT!r} on this server: running at "
