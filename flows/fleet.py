@@ -30,13 +30,20 @@ from multiarch.fleet import (
     summary_line,
     table_rows,
 )
+from multiarch.runners import stop_all
 
 FLEET_LIMIT = "multiarch-fleet"
 # Without the global limit (a server `make serve` did not set up), the run caps itself.
 UNLIMITED_FALLBACK = 2
 
 
-@flow(name="rebuild-fleet", log_prints=True)
+def _stop_builds(*_: object) -> None:
+    """Cancelled or crashed: every image's builds run in this process; stop them all."""
+    stop_all()
+
+
+@flow(name="rebuild-fleet", log_prints=True, on_cancellation=[_stop_builds],
+      on_crashed=[_stop_builds])
 def rebuild_fleet(catalog: str = "examples/fleet/images.yaml",
                   only_dependents_of: str | None = None) -> FleetResult | State:
     """Rebuild every image of a catalog in dependency order (a base before the images FROM it).

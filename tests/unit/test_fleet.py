@@ -193,3 +193,16 @@ def test_event_resource_and_payloads(tmp_path):
         "1 of 2 platforms failed, nothing was published: linux/arm64: RUN exited 1"))
     assert payload["failed_platforms"] == ["linux/arm64"]
     assert payload["reason"].startswith("1 of 2 platforms failed")
+
+
+def test_the_example_catalog_orders_as_documented():
+    from multiarch.fleet import load_plan
+
+    plan = load_plan(str(Path(__file__).parents[2] / "examples" / "fleet" / "images.yaml"))
+    assert plan.graph == {"app-c": ["app-a"], "app-a": ["base"], "app-b": ["base"],
+                          "base": [], "tool": []}
+    assert plan.order.index("base") < plan.order.index("app-a") < plan.order.index("app-c")
+    assert all(e.request.rebuild == "if-changed" for e in plan.catalog.entries)
+    again = load_plan(str(Path(__file__).parents[2] / "examples" / "fleet" / "images.yaml"),
+                      only_dependents_of="127.0.0.1:5000/library/busybox")
+    assert set(again.order) == {"base", "app-a", "app-b", "app-c"}  # tool: FROM scratch
