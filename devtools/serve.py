@@ -29,6 +29,7 @@ KUBERNETES_POOL = "multiarch-k8s"
 KUBERNETES_TEMPLATE = REPO / "deployments" / "kubernetes" / "work-pool-template.json"
 WORKER_NAME = "multiarch-local-worker"
 LIMITS = {"arch-arm64": ("ARM64_LIMIT", 1), "arch-amd64": ("AMD64_LIMIT", 2)}
+GLOBAL_LIMITS = {"multiarch-fleet": ("FLEET_LIMIT", 2)}
 TRY_DEPLOYMENT = "build-multiarch-image/build"
 SERVICES = ("worker", "server")  # stop order: the worker must not poll a server going away
 
@@ -131,6 +132,30 @@ def ensure_concurrency_limits(settings: Settings) -> None:
         say(f"task concurrency limit {tag}: {wanted} ({done})")
 
 
+def ensure_global_limits(settings: Settings) -> None:
+    """`multiarch-fleet`: how many images of a fleet run (flows/fleet.py) build at once.
+
+    A global concurrency limit, not a tag limit: the fleet holds a slot around each image's
+    whole subflow. FLEET_LIMIT (default 2) sets it when created; when set, it changes it.
+    """
+    for name, (variable, default) in GLOBAL_LIMITS.items():
+        wanted = int_env(variable, default)
+        requested = bool(os.environ.get(variable, "").strip())
+        status, body = api(settings, "GET", f"/v2/concurrency_limits/{name}")
+        current = body.get("limit") if status == 200 and body else None
+        if current is not None and (not requested or current == wanted):
+            say(f"global concurrency limit {name}: {current} (kept; {variable}=N changes it)")
+            continue
+        if current is None:
+            cli_or_fail(settings, f"creating global limit {name}", "global-concurrency-limit",
+                        "create", name, "--limit", str(wanted))
+            say(f"global concurrency limit {name}: {wanted} (created)")
+        else:
+            cli_or_fail(settings, f"changing global limit {name}", "global-concurrency-limit",
+                        "update", name, "--limit", str(wanted))
+            say(f"global concurrency limit {name}: {wanted} (changed from {current})")
+
+
 def ensure_worker(settings: Settings) -> None:
     service = worker_service(settings)
     record = supervisor.running(name=service.name, state_dir=service.state_dir)
@@ -212,6 +237,7 @@ def _serve(settings: Settings) -> None:
     ensure_server(settings)
     ensure_work_pools(settings)
     ensure_concurrency_limits(settings)
+    ensure_global_limits(settings)
     ensure_worker(settings)
     deploy(settings)
     print_next_steps(settings)

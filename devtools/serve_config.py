@@ -9,6 +9,8 @@ Everything runs from argv lists; no value reaches a shell. Settings (environment
     PREFECT_BIN              the prefect executable (default <repo>/.venv/bin/prefect)
     ARM64_LIMIT, AMD64_LIMIT task concurrency limits arch-arm64 / arch-amd64 (defaults 1
                              and 2 when created; when set, an existing limit is changed)
+    FLEET_LIMIT              global concurrency limit multiarch-fleet: images of a fleet run
+                             building at once (default 2 when created; when set, changed)
     MULTIARCH_REGISTRY_PORT  port of `make up`'s registry, for the printed example (5000)
     MULTIARCH_SERVE_TIMEOUT  seconds to wait for the server and the worker (default 120)
 """

@@ -16,6 +16,7 @@ from uuid import UUID
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
+from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound, TerminationSignal
 from prefect.futures import PrefectFuture
 from prefect.settings import PREFECT_API_URL
@@ -23,6 +24,7 @@ from prefect.states import Cancelled, State
 from pydantic import ValidationError
 
 from flows.guard import raise_if_cancelling, signal_name, watch_for_cancellation
+from multiarch import events
 from multiarch.attest import SupplyChainPlan
 from multiarch.errors import ConfigurationError
 from multiarch.orchestrate import run_build, run_record
@@ -135,7 +137,11 @@ class PrefectSteps:
 def build_and_publish(request: BuildRequest) -> BuildResult:
     flow_run_id = str(runtime.flow_run.id or "")
     steps = PrefectSteps(log=get_run_logger(), flow_run_id=flow_run_id)
-    outcome = run_build(request, steps, run_id=(flow_run_id or "local").replace("-", ""))
+    try:
+        outcome = run_build(request, steps, run_id=(flow_run_id or "local").replace("-", ""))
+    except Exception as exc:
+        emit_failed(request, exc)
+        raise
     if outcome.up_to_date is not None:
         return report_up_to_date(request, outcome.up_to_date)
     result = outcome.result
@@ -152,7 +158,27 @@ def build_and_publish(request: BuildRequest) -> BuildResult:
         description=f"Published {result.image}",
     )
     steps.log.info(f"published {result.pull_reference} as tags {', '.join(result.tags)}")
+    emit_published(request, result, outcome.source.revision if outcome.source else None)
     return result
+
+
+def is_subflow() -> bool:
+    """Run inside another flow run (a fleet run's image): its publish must not trigger
+    the fleet's `dependents` deployment again."""
+    return runtime.flow_run.parent_flow_run_id is not None
+
+
+def emit_published(request: BuildRequest, result: BuildResult, revision: str | None) -> None:
+    """A new index was pushed (never for an up-to-date run: nothing moved)."""
+    events.emit_safely(emit_event, get_run_logger().warning, event=events.PUBLISHED,
+                       resource=events.resource(request, subflow=is_subflow()),
+                       payload=events.published_payload(result, source_revision=revision))
+
+
+def emit_failed(request: BuildRequest, error: BaseException) -> None:
+    events.emit_safely(emit_event, get_run_logger().warning, event=events.FAILED,
+                       resource=events.resource(request, subflow=is_subflow()),
+                       payload=events.failed_payload(request, error))
 
 
 def supervisor_sets_state() -> bool:

@@ -23,6 +23,7 @@ from multiarch.attest import SupplyChainPlan, supply_plan
 from multiarch.errors import MultiarchError
 from multiarch.partial import Built, Failure, settle
 from multiarch.preflight import check_signing_block, check_target, preflight_request
+from multiarch.process import kill_scope_steps, step_scope
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
 from multiarch.runclaim import RunRecord, claim_run, sweep
@@ -37,6 +38,7 @@ class Outcome:
 
     result: BuildResult | None = None
     up_to_date: rebuild.Decision | None = None
+    source: PinnedSource | None = None  # what was built (the published event names it)
 
 
 class Steps(Protocol):
@@ -69,6 +71,11 @@ class Steps(Protocol):
 
 
 def run_build(request: BuildRequest, steps: Steps, *, run_id: str) -> Outcome:
+    with step_scope(run_id):  # a failure stops this build's steps, not a neighbour's
+        return _run_build(request, steps, run_id=run_id)
+
+
+def _run_build(request: BuildRequest, steps: Steps, *, run_id: str) -> Outcome:
     runner = runner_for(request.runner.kind)
     for note in [*runner.preflight(request), *preflight_request(request),
                  *check_signing_block(request)]:  # before any build
@@ -93,7 +100,7 @@ def run_build(request: BuildRequest, steps: Steps, *, run_id: str) -> Outcome:
         result = steps.publish(request, source, built.images, run, annotations, supply)
     if built.left_out:
         result = result.model_copy(update={"left_out": built.left_out})
-    return Outcome(result=result)
+    return Outcome(result=result, source=source)
 
 
 def decide(request: BuildRequest, source: PinnedSource, *, info: Callable[[str], None],
@@ -119,7 +126,13 @@ def finishing(runner: Runner, request: BuildRequest, run: RunContext) -> Iterato
     so nothing writes into a directory after it is removed."""
     try:
         yield
-    except BaseException:
+    except Exception:
+        # This build failed: stop its own steps and what its runner started; other builds
+        # of this process (a fleet runs several) go on.
+        kill_scope_steps()
+        runner.stop()
+        raise
+    except BaseException:  # interrupted (a signal, cancellation): everything stops
         stop_all()
         raise
     finally:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import ctypes
 import functools
 import os
@@ -35,7 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,37 @@ PACKAGES = {"buildah": "buildah", "skopeo": "skopeo", "git": "git", "runc": "run
 
 _live_groups: set[int] = set()
 _live_lock = threading.Lock()
+# Which build started each step group: a fleet runs several builds in one process, and a
+# failing build must stop its own steps, not its neighbours' (multiarch.fleet).
+_group_scopes: dict[int, str | None] = {}
+_step_scope: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "multiarch_step_scope", default=None)
+
+
+@contextlib.contextmanager
+def step_scope(name: str) -> Iterator[None]:
+    """Steps started inside (in this context and contexts copied from it, such as Prefect
+    task threads) belong to build `name`; `kill_scope_steps` stops only those."""
+    token = _step_scope.set(name)
+    try:
+        yield
+    finally:
+        _step_scope.reset(token)
+
+
+def kill_scope_steps() -> int:
+    """Kill the steps of the current build scope; outside any scope, every step."""
+    scope = _step_scope.get()
+    if scope is None:
+        return kill_all_steps()
+    with _live_lock:
+        groups = [g for g in _live_groups if _group_scopes.get(g) == scope]
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGTERM)
+    for group in groups:
+        _kill_group(group)
+    return len(groups)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,6 +185,7 @@ def run_step(
         os.close(status_write)
     with _live_lock:
         _live_groups.add(process.pid)
+        _group_scopes[process.pid] = _step_scope.get()
     timed_out = threading.Event()
     watchdog = threading.Timer(remaining, _expire, args=(process.pid, timed_out))
     watchdog.daemon = True
@@ -173,6 +206,7 @@ def run_step(
         os.close(status_read)
         with _live_lock:
             _live_groups.discard(process.pid)
+            _group_scopes.pop(process.pid, None)
     if timed_out.is_set():
         raise StepFailed(
             f"{label}: step {step.name} timed out (the build's time limit ran out): raise "

@@ -77,8 +77,8 @@ class Stack:
     def task_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
         return self.api("POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
 
-    def deployment(self, name: str) -> dict[str, Any]:
-        return self.api("GET", f"/deployments/name/build-multiarch-image/{name}")
+    def deployment(self, name: str, flow: str = "build-multiarch-image") -> dict[str, Any]:
+        return self.api("GET", f"/deployments/name/{flow}/{name}")
 
     def wait_for(self, flow_run_ids: list[str], timeout_s: float = RUN_TIMEOUT_S) -> list[dict]:
         """Poll until every flow run is in a terminal state; return them in order."""
@@ -104,11 +104,11 @@ class Stack:
 
 def run_deployment(
     stack: Stack, deployment: str, params: dict[str, Any], *, watch: bool,
-    job_variables: dict[str, Any] | None = None,
+    job_variables: dict[str, Any] | None = None, flow: str = "build-multiarch-image",
 ) -> tuple[str, subprocess.CompletedProcess[str]]:
     """`prefect deployment run` with one --param per parameter and one --job-variable per
     job variable (JSON values)."""
-    args = ["deployment", "run", f"build-multiarch-image/{deployment}"]
+    args = ["deployment", "run", f"{flow}/{deployment}"]
     for name, value in params.items():
         args += ["--param", f"{name}={json.dumps(value)}"]
     for name, value in (job_variables or {}).items():

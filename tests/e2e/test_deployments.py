@@ -69,6 +69,17 @@ def test_prefect_yaml_deploys_three_deployments(stack):
     )
     pools = {pool["name"]: pool["type"] for pool in stack.api("POST", "/work_pools/filter", {})}
     assert pools == {"multiarch-local": "process", "multiarch-k8s": "kubernetes"}
+    # Every deployment of prefect.yaml, and nothing else (the fleet's are checked in
+    # tests/e2e/test_fleet_trigger.py).
+    entrypoints = {(d["name"], d["entrypoint"])
+                   for d in stack.api("POST", "/deployments/filter", {})}
+    assert entrypoints == {
+        ("build", "flows/build.py:build_multiarch_image"),
+        ("nightly-rebuild", "flows/build.py:build_multiarch_image"),
+        ("build-kubernetes", "flows/build.py:build_multiarch_image"),
+        ("nightly", "flows/fleet.py:rebuild_fleet"),
+        ("dependents", "flows/fleet.py:rebuild_fleet"),
+    }
 
 
 def test_build_deployment_publishes_an_oci_index(stack, playground):

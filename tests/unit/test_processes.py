@@ -352,3 +352,39 @@ def test_step_failures_survive_pickling_with_their_details():
         assert type(copy) is cls
         assert (str(copy), copy.step, copy.exit_code, copy.tail) == (
             str(original), "build", 7, ["a", "b"])
+
+
+# --- build scopes (a fleet runs several builds in one process) -----------------------
+
+def test_a_failed_build_stops_its_own_steps_not_a_neighbours() -> None:
+    import threading
+
+    mine, neighbours = token(), token()
+    errors: dict[str, BaseException] = {}
+
+    def build(scope: str, duration: str) -> None:
+        with processes.step_scope(scope):
+            try:
+                run_step(sh(f"sleep {duration}"), emit=lambda _: None, deadline=soon(60),
+                         label=LABEL)
+            except BaseException as exc:  # the killed step's error, looked at below
+                errors[scope] = exc
+
+    threads = [threading.Thread(target=build, args=(scope, duration))
+               for scope, duration in (("mine", mine), ("neighbour", neighbours))]
+    for thread in threads:
+        thread.start()
+    end = time.monotonic() + 10
+    while not (processes_with(mine) and processes_with(neighbours)):
+        assert time.monotonic() < end, "the steps never started"
+        time.sleep(0.05)
+    try:
+        with processes.step_scope("mine"):
+            assert processes.kill_scope_steps() == 1
+        assert not left_running(mine)
+        assert processes_with(neighbours), "the neighbour's step was killed too"
+    finally:
+        processes.kill_all_steps()
+        for thread in threads:
+            thread.join(30)
+    assert "mine" in errors
