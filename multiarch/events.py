@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from multiarch.platforms import Platform
+from multiarch.partial import PlatformsFailed
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult
 
@@ -34,26 +34,23 @@ def resource(request: BuildRequest, *, subflow: bool) -> dict[str, str]:
 
 
 def published_payload(result: BuildResult, *, source_revision: str | None) -> dict[str, Any]:
+    """`platforms`: those in the index; `left_out`: optional platforms that failed."""
     return {
         "index_digest": result.index_digest,
         "tags": list(result.tags),
         "platforms": [str(p.platform) for p in result.platforms],
+        "left_out": [str(item.platform) for item in result.left_out],
         "source_revision": source_revision,
     }
 
 
 def failed_payload(request: BuildRequest, error: BaseException) -> dict[str, Any]:
-    """Why, and which platforms: those a PlatformsFailed message names."""
+    """Why, and which platforms failed (none when the run failed before or after building)."""
     reason = " ".join(str(error).split())[:REASON_LIMIT] or type(error).__name__
     return {
         "reason": reason,
-        "failed_platforms": failed_platforms(request.platforms, reason)
-        if type(error).__name__ == "PlatformsFailed" else [],
+        "failed_platforms": list(error.platforms) if isinstance(error, PlatformsFailed) else [],
     }
-
-
-def failed_platforms(platforms: tuple[Platform, ...], reason: str) -> list[str]:
-    return [str(p) for p in platforms if str(p) in reason]
 
 
 def emit_safely(emit: Callable[..., Any], warn: Callable[[str], None], *, event: str,

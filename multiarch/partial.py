@@ -22,7 +22,12 @@ Failure = tuple[Platform, BaseException | str]
 
 
 class PlatformsFailed(MultiarchError):
-    """A required platform failed; nothing was published."""
+    """A required platform failed; nothing was published. `platforms`: every platform that
+    failed, optional ones too (the failure event lists them)."""
+
+    def __init__(self, message: str, platforms: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.platforms = tuple(platforms)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,7 +44,8 @@ def settle(request: BuildRequest, images: Sequence[PlatformImage],
     about); else raise PlatformsFailed naming each failed platform and why."""
     total = len(images) + len(failures)
     if any(not request.is_optional(platform) for platform, _ in failures):
-        raise PlatformsFailed(failure_summary(failures, total, request=request))
+        raise PlatformsFailed(failure_summary(failures, total, request=request),
+                              platforms=[str(platform) for platform, _ in failures])
     left_out = [LeftOut(platform=platform, reason=reason_text(platform, reason))
                 for platform, reason in failures]
     for item in left_out:

@@ -186,11 +186,12 @@ def test_event_resource_and_payloads(tmp_path):
                                                     size=1, emulated=False, duration_s=1)])
     assert published_payload(result, source_revision="abc") == {
         "index_digest": "sha256:ab", "tags": ["latest"], "platforms": ["linux/amd64"],
-        "source_revision": "abc"}
-    from multiarch.orchestrate import PlatformsFailed
+        "left_out": [], "source_revision": "abc"}
+    from multiarch.partial import PlatformsFailed
 
     payload = failed_payload(request, PlatformsFailed(
-        "1 of 2 platforms failed, nothing was published: linux/arm64: RUN exited 1"))
+        "1 of 2 platforms failed, nothing was published: linux/arm64: RUN exited 1",
+        platforms=["linux/arm64"]))
     assert payload["failed_platforms"] == ["linux/arm64"]
     assert payload["reason"].startswith("1 of 2 platforms failed")
 

@@ -73,6 +73,7 @@ def test_a_required_failure_publishes_nothing_and_names_every_failed_platform(
         "2 of 3 platforms failed, nothing was published (a required platform failed; "
         "linux/arm64 is optional): [linux/amd64]: step build exited with 1: RUN step failed; "
         "[linux/arm64]: step build exited with 7: RUN step failed")
+    assert failure.value.platforms == ("linux/amd64", "linux/arm64")
 
 
 def test_without_optional_platforms_any_failure_publishes_nothing(tmp_path: Path) -> None:
