@@ -130,7 +130,7 @@ def finishing(runner: Runner, request: BuildRequest, run: RunContext) -> Iterato
         # This build failed: stop its own steps and what its runner started; other builds
         # of this process (a fleet runs several) go on.
         kill_scope_steps()
-        runner.stop()
+        runner.stop_build()
         raise
     except BaseException:  # interrupted (a signal, cancellation): everything stops
         stop_all()

@@ -101,6 +101,11 @@ def step_scope(name: str) -> Iterator[None]:
         _step_scope.reset(token)
 
 
+def current_step_scope() -> str | None:
+    """The build scope of this context (None outside `step_scope`)."""
+    return _step_scope.get()
+
+
 def kill_scope_steps() -> int:
     """Kill the steps of the current build scope; outside any scope, every step."""
     scope = _step_scope.get()

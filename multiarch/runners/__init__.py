@@ -73,6 +73,11 @@ class Runner(Protocol):
         """Cancellation or crash: stop everything this process started, at once."""
         ...
 
+    def stop_build(self) -> None:
+        """This build failed: stop what it started elsewhere (its step scope, see
+        multiarch.process.step_scope), leaving the other builds of the process running."""
+        ...
+
 
 _started: dict[str, Runner] = {}
 _started_lock = threading.Lock()

@@ -188,3 +188,19 @@ def test_a_build_job_carries_the_attempt_its_owner_and_the_attempts_paths(monkey
     assert manifest["metadata"]["ownerReferences"] == [owner]
     assert manifest["metadata"]["labels"]["multiarch.dev/attempt"] == "a1b2c3d4"
     assert built.layout == "/shared/f00d-a1b2c3d4/linux-arm64"
+
+
+def test_a_failed_build_deletes_its_own_jobs_only():
+    """A fleet runs builds side by side in one process: one failing deletes its Jobs, the
+    neighbour's keep running."""
+    from multiarch.process import step_scope
+
+    api = fake_api()
+    with step_scope("app"):
+        client.track_job(api, "app-linux-amd64-x1")
+    with step_scope("tool"):
+        client.track_job(api, "tool-linux-amd64-x1")
+        assert client.delete_scope_jobs() == 1
+    assert api.batch.deleted == ["tool-linux-amd64-x1"]
+    assert client.delete_all_jobs() == 1
+    assert api.batch.deleted == ["tool-linux-amd64-x1", "app-linux-amd64-x1"]

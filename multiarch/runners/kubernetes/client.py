@@ -16,6 +16,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from multiarch.errors import ConfigurationError, MultiarchError, TransientError
+from multiarch.process import current_step_scope
 from multiarch.runners.kubernetes.options import KubernetesOptions
 from multiarch.runners.kubernetes.permissions import (
     NODE_READ,
@@ -123,14 +124,18 @@ def _check_permissions(api: KubeApi) -> None:
 
 
 _live_jobs: dict[tuple[str, str], KubeApi] = {}
+# The build scope (multiarch.process.step_scope) that created each Job: a fleet runs several
+# builds in one process, and one failing must delete its own Jobs, not its neighbours'.
+_job_scopes: dict[tuple[str, str], str | None] = {}
 # Re-entrant: the SIGTERM handler runs on the main thread, maybe inside one of these blocks.
 _live_lock = threading.RLock()
 
 
 def track_job(api: KubeApi, name: str) -> None:
-    """Remember a Job just created, until `delete_job`."""
+    """Remember a Job just created, and the build it belongs to, until `delete_job`."""
     with _live_lock:
         _live_jobs[(api.namespace, name)] = api
+        _job_scopes[(api.namespace, name)] = current_step_scope()
 
 
 def delete_job(api: KubeApi, name: str) -> None:
@@ -140,12 +145,26 @@ def delete_job(api: KubeApi, name: str) -> None:
                                         _request_timeout=30)
     with _live_lock:
         _live_jobs.pop((api.namespace, name), None)
+        _job_scopes.pop((api.namespace, name), None)
 
 
 def delete_all_jobs() -> int:
     """Delete every Job this process created and has not yet deleted (cancellation, exit)."""
     with _live_lock:
         live = list(_live_jobs.items())
+    for (_, name), api in live:
+        delete_job(api, name)
+    return len(live)
+
+
+def delete_scope_jobs() -> int:
+    """Delete the Jobs the current build scope created (a build failed; others go on);
+    outside any scope, every Job."""
+    scope = current_step_scope()
+    if scope is None:
+        return delete_all_jobs()
+    with _live_lock:
+        live = [(key, api) for key, api in _live_jobs.items() if _job_scopes.get(key) == scope]
     for (_, name), api in live:
         delete_job(api, name)
     return len(live)

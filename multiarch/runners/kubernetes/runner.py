@@ -35,7 +35,7 @@ from multiarch.runners.kubernetes.attempt import (
     install_sigterm_cleanup,
     start_attempt,
 )
-from multiarch.runners.kubernetes.client import connect, preflight
+from multiarch.runners.kubernetes.client import connect, delete_scope_jobs, preflight
 from multiarch.runners.kubernetes.logs import Emit
 from multiarch.runners.kubernetes.manifests import (
     SHARED_MOUNT,
@@ -151,6 +151,9 @@ class KubernetesRunner:
 
     def stop(self) -> None:
         delete_attempt_jobs()
+
+    def stop_build(self) -> None:
+        delete_scope_jobs()
 
 
 RUNNER = KubernetesRunner()

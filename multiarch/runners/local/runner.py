@@ -172,5 +172,8 @@ class LocalRunner:
     def stop(self) -> None:
         """Local steps are the process layer's; `runners.stop_all` kills them."""
 
+    def stop_build(self) -> None:
+        """Local steps are the process layer's; `process.kill_scope_steps` kills them."""
+
 
 RUNNER = LocalRunner()
