@@ -205,7 +205,7 @@ def _prepare_dirs(found: Cluster) -> None:
     found.root.mkdir(parents=True, exist_ok=True)
     found.root.chmod(0o711)  # the run user may pass through, not list
     if found.user is not None:
-        _check_reachable(found.root, found.user)
+        check_reachable(found.root, found.user)
     for path in (found.socket_dir,):
         path.mkdir(mode=0o700, exist_ok=True)
         if found.user is not None:
@@ -216,12 +216,14 @@ def _prepare_dirs(found: Cluster) -> None:
             handle.write(secrets.token_urlsafe(24) + "\n")
 
 
-def _check_reachable(path: Path, user: str) -> None:
+def check_reachable(path: Path, user: str) -> None:
     """Every directory above the cluster must be searchable by `user` (as root, a state
     dir under /root or pytest's 0700 temp dir is not); say which one is not, and how."""
     entry = pwd.getpwnam(user)
     groups = set(os.getgrouplist(user, entry.pw_gid))
     for directory in [path, *path.parents]:
+        if not directory.exists():
+            continue  # made later, by us, with the modes above
         info = directory.stat()
         if info.st_uid == entry.pw_uid:
             allowed = info.st_mode & stat.S_IXUSR
