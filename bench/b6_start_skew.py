@@ -5,6 +5,7 @@ postgres) under a temporary state dir; its arch-amd64 limit is 2, then 4. Two cl
 processes (the flow runs) wait for the same wall-clock instant and each runs a flow whose
 tasks are tagged arch-amd64 and named like the project's builds: with the limit at least
 the number of tasks, nothing should wait, so every task run should start at the same moment.
+A baseline runs the same with a tag that has no limit (no slot lease to take).
 The skew is max - min of their Prefect start_time (set when the server accepts the Running
 state, i.e. after the task's concurrency slot lease was granted), per repetition. Clients
 start on a wall-clock barrier, not through the worker, so the worker's polling and process
@@ -40,14 +41,16 @@ TAG = "arch-amd64"
 HOLD_S = 1.0  # each task holds its slot this long
 PERIOD_S = 8.0  # between repetitions: room for a slow one to finish
 CLIENTS = 2  # flow runs started together
-LAYOUTS = ((2, 1), (4, 2))  # (limit, tasks per flow run): 2 or 4 builds that start together
+# (tag, its limit, tasks per flow run): 2 or 4 builds that the limit admits together, and
+# a baseline of 2 whose tag has no limit (no slot lease: the state writes alone).
+LAYOUTS = ((TAG, 2, 1), (TAG, 4, 2), ("b6-no-limit", None, 1))
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = Path(sys.executable).parent / "prefect"
 HEALTHY = re.compile(r"prefect server: healthy after ([0-9.]+) s")
 
 
 def bench(settings: Settings) -> dict[str, Any]:
-    reps = 2 if settings.quick else max(settings.reps * 3, 8)
+    reps = 2 if settings.quick else 10
     results: dict[str, Any] = {
         "clients": CLIENTS, "hold_s": HOLD_S, "tag": TAG, "reps": reps, "backends": {},
     }  # fmt: skip
@@ -68,10 +71,11 @@ def bench_backend(settings: Settings, backend: str, reps: int) -> dict[str, Any]
     out: dict[str, Any] = {"skew": {}, "raw": {}}
     try:
         out["serve_cold"] = serve(env)
-        for limit, tasks in LAYOUTS:
-            set_limit(env, limit)
-            layout = f"{CLIENTS * tasks} builds, limit {limit}"
-            skews = measure_skew(env, reps=reps, tasks=tasks)
+        for tag, limit, tasks in LAYOUTS:
+            if limit is not None:
+                set_limit(env, limit)
+            layout = f"{CLIENTS * tasks} builds, " + (f"limit {limit}" if limit else "no limit")
+            skews = measure_skew(env, reps=reps, tasks=tasks, tag=tag)
             out["skew"][layout] = summary(skews)
             LOG.info("B6 %s %s: skew median %.3f s max %.3f s", backend, layout,
                      out["skew"][layout]["median"], out["skew"][layout]["max"])
@@ -131,11 +135,11 @@ def set_limit(env: dict[str, str], limit: int) -> None:
     )  # fmt: skip
 
 
-def measure_skew(env: dict[str, str], *, reps: int, tasks: int) -> list[float]:
+def measure_skew(env: dict[str, str], *, reps: int, tasks: int, tag: str) -> list[float]:
     """Start CLIENTS client processes on one barrier; the skew of each repetition."""
     at = time.time() + 15  # the clients import prefect meanwhile
     argv = [sys.executable, "-m", "bench.b6_start_skew", "client", str(at), str(reps + 1),
-            str(tasks)]  # fmt: skip
+            str(tasks), tag]  # fmt: skip
     clients = [
         subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
         for _ in range(CLIENTS)
@@ -146,14 +150,14 @@ def measure_skew(env: dict[str, str], *, reps: int, tasks: int) -> list[float]:
     flow_runs = [json.loads(output.strip().splitlines()[-1]) for output in outputs]
     skews = []
     for rep in range(1, reps + 1):  # repetition 0 warms each client up
-        starts = [start for runs in flow_runs for start in task_starts(env, runs[rep])]
+        starts = [start for runs in flow_runs for start in task_starts(env, runs[rep], tag)]
         if len(starts) != CLIENTS * tasks:
             raise RuntimeError(f"B6: {len(starts)} task start times, {CLIENTS * tasks} expected")
         skews.append(max(starts) - min(starts))
     return skews
 
 
-def task_starts(env: dict[str, str], flow_run_id: str) -> list[float]:
+def task_starts(env: dict[str, str], flow_run_id: str, tag: str) -> list[float]:
     import httpx
 
     with httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30, trust_env=False) as client:
@@ -164,16 +168,16 @@ def task_starts(env: dict[str, str], flow_run_id: str) -> list[float]:
     return [
         datetime.fromisoformat(run["start_time"].replace("Z", "+00:00")).timestamp()
         for run in response.json()
-        if TAG in run["tags"]
+        if tag in run["tags"]
     ]
 
 
-def client(at: float, runs: int, tasks: int) -> None:
+def client(at: float, runs: int, tasks: int, tag: str) -> None:
     """One flow run per repetition, each at `at + i * PERIOD_S`; prints the flow run ids."""
     from prefect import flow, task
     from prefect.futures import wait
 
-    @task(tags=[TAG])
+    @task(tags=[tag])
     def build(platform: str) -> None:
         time.sleep(HOLD_S)
 
@@ -191,10 +195,10 @@ def client(at: float, runs: int, tasks: int) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) == 4 and argv[0] == "client":
-        client(float(argv[1]), int(argv[2]), int(argv[3]))
+    if len(argv) == 5 and argv[0] == "client":
+        client(float(argv[1]), int(argv[2]), int(argv[3]), argv[4])
         return 0
-    print("usage: python -m bench.b6_start_skew client AT RUNS TASKS", file=sys.stderr)
+    print("usage: python -m bench.b6_start_skew client AT RUNS TASKS TAG", file=sys.stderr)
     return 2
 
 

@@ -190,7 +190,7 @@ def chart_groups(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, flo
     if "b6" in results:
         sqlite, pg = (results["b6"]["backends"][name] for name in ("sqlite", "postgres"))
         groups.append(("B6 start skew, s (SQLite vs PostgreSQL)", [
-            (layout.split(",")[0], sqlite["skew"][layout]["median"], pg["skew"][layout]["median"])
+            (layout, sqlite["skew"][layout]["median"], pg["skew"][layout]["median"])
             for layout in sqlite["skew"]]))
     return groups
 
