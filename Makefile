@@ -19,7 +19,7 @@ help:
 	@echo "make serve  - make up, then a Prefect server + UI on 127.0.0.1:4200, work pools, a worker, the deployments"
 	@echo "             DB=postgres: the server on PostgreSQL, a cluster of its own under $(STATE)/postgres"
 	@echo "make stop   - stop the Prefect server, worker and PostgreSQL of make serve (the registry keeps running)"
-	@echo "make bench  - benchmarks B1-B4 -> bench/results/latest.{json,md,png} (BENCH_QUICK=1: tiny run)"
+	@echo "make bench  - benchmarks B1-B6 -> bench/results/latest.{json,md,png} (BENCH_QUICK=1: tiny run)"
 	@echo "make reliability - run the fault suite (tests/faults) and regenerate docs/reliability.md"
 	@echo "make cluster - a real Kubernetes control plane (built from Go modules) + amd64/arm64 node agents"
 	@echo "make cluster-down - stop it and remove $(STATE)/cluster (the built binary stays cached)"
