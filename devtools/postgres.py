@@ -206,10 +206,9 @@ def _prepare_dirs(found: Cluster) -> None:
     found.root.chmod(0o711)  # the run user may pass through, not list
     if found.user is not None:
         check_reachable(found.root, found.user)
-    for path in (found.socket_dir,):
-        path.mkdir(mode=0o700, exist_ok=True)
-        if found.user is not None:
-            shutil.chown(path, user=found.user, group=pwd.getpwnam(found.user).pw_gid)
+    found.socket_dir.mkdir(mode=0o700, exist_ok=True)
+    if found.user is not None:
+        shutil.chown(found.socket_dir, user=found.user, group=pwd.getpwnam(found.user).pw_gid)
     if not found.password_file.exists():
         fd = os.open(found.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

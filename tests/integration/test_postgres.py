@@ -47,7 +47,8 @@ def state_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="multiarch-pg-test-"))
     path.chmod(0o711)
     yield path
-    supervisor.stop(name="postgres", state_dir=path / "serve", grace_s=5)
+    settings = settings_for(path, 0)  # only its paths matter for a stop
+    postgres.stop(settings)
     shutil.rmtree(path, ignore_errors=True)
 
 
