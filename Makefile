@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STATE := .local
 PORT ?= 5000
+DB ?= sqlite
 REGISTRY := 127.0.0.1:$(PORT)
 PYTHON ?= python3
 
@@ -16,8 +17,9 @@ help:
 	@echo "make down   - stop the local registry"
 	@echo "make builder - make up, then the Debian 12 base and the builder image for amd64+arm64 -> $(REGISTRY)/multiarch/builder"
 	@echo "make serve  - make up, then a Prefect server + UI on 127.0.0.1:4200, work pools, a worker, the deployments"
-	@echo "make stop   - stop the Prefect server and worker of make serve (the registry keeps running)"
-	@echo "make bench  - benchmarks B1-B4 -> bench/results/latest.{json,md,png} (BENCH_QUICK=1: tiny run)"
+	@echo "             DB=postgres: the server on PostgreSQL, a cluster of its own under $(STATE)/postgres"
+	@echo "make stop   - stop the Prefect server, worker and PostgreSQL of make serve (the registry keeps running)"
+	@echo "make bench  - benchmarks B1-B6 -> bench/results/latest.{json,md,png} (BENCH_QUICK=1: tiny run)"
 	@echo "make reliability - run the fault suite (tests/faults) and regenerate docs/reliability.md"
 	@echo "make cluster - a real Kubernetes control plane (built from Go modules) + amd64/arm64 node agents"
 	@echo "make cluster-down - stop it and remove $(STATE)/cluster (the built binary stays cached)"
@@ -96,7 +98,9 @@ format: venv
 
 # Prefect server, work pools, concurrency limits (ARM64_LIMIT=, AMD64_LIMIT=), a process
 # worker and prefect.yaml's deployments; state and logs under $(STATE)/ (devtools/serve.py).
+# DB=postgres: the server's database is our own PostgreSQL cluster (devtools/postgres.py).
 serve: export MULTIARCH_STATE_DIR ?= $(abspath $(STATE))
+serve: export MULTIARCH_DB = $(DB)
 serve: export MULTIARCH_REGISTRY_PORT = $(PORT)
 serve: export PREFECT_BIN ?= $(abspath $(BIN))/prefect
 serve: up

@@ -94,6 +94,8 @@ def markdown(results: dict[str, Any]) -> str:
         out += b4_markdown(results["b4"])
     if "b5" in results:
         out += b5_markdown(results["b5"])
+    if "b6" in results:
+        out += b6_markdown(results["b6"])
     return "\n".join(out) + "\n"
 
 
@@ -138,6 +140,28 @@ def b5_markdown(b5: dict[str, Any]) -> list[str]:
     return out
 
 
+def b6_markdown(b6: dict[str, Any]) -> list[str]:
+    backends = b6["backends"]
+    out = ["", f"## B6 start skew of builds sharing a concurrency tag ({b6['tag']}), SQLite vs "
+           "PostgreSQL", "",
+           f"{b6['clients']} flow runs started on one barrier, each with tasks tagged "
+           f"{b6['tag']} (held {b6['hold_s']:.0f} s); the limit admits them all, so they should "
+           "start together. Skew = latest - earliest task start_time, per repetition "
+           f"({b6['reps']} repetitions). make serve: until it returns, everything ready.", "",
+           "| backend | builds | skew median | skew max | make serve cold | make serve warm |",
+           "|---|---|---|---|---|---|"]
+    for name, backend in backends.items():
+        for layout, skew in backend["skew"].items():
+            out.append(
+                f"| {name} | {layout} | {skew['median']:.3f} s | {skew['max']:.3f} s | "
+                f"{backend['serve_cold']['ready_s']:.1f} s | "
+                f"{backend['serve_warm']['ready_s']:.1f} s |"
+            )
+    for layout, ratio in b6.get("ratio_sqlite_over_postgres", {}).items():
+        out.append(f"| **sqlite/postgres** | {layout} | **{ratio:.1f}x** | | | |")
+    return out
+
+
 def chart_groups(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, float, float]]]]:
     """Panels of (label, value A, value B) bars: original/ours, flow/bare, native/emulated,
     cold/warm, supply chain/plain."""
@@ -163,6 +187,11 @@ def chart_groups(results: dict[str, Any]) -> list[tuple[str, list[tuple[str, flo
         plain = modes["plain"]["publish_s"]["median"]
         groups.append(("B5 publish time, s (supply chain vs plain)", [
             (mode, modes[mode]["publish_s"]["median"], plain) for mode in ("attest", "signed")]))
+    if "b6" in results:
+        sqlite, pg = (results["b6"]["backends"][name] for name in ("sqlite", "postgres"))
+        groups.append(("B6 start skew, s (SQLite vs PostgreSQL)", [
+            (layout, sqlite["skew"][layout]["median"], pg["skew"][layout]["median"])
+            for layout in sqlite["skew"]]))
     return groups
 
 

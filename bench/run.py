@@ -1,4 +1,4 @@
-"""`python -m bench.run`: run B1 to B5 and write bench/results/latest.{json,md,png}.
+"""`python -m bench.run`: run B1 to B6 and write bench/results/latest.{json,md,png}.
 
 BENCH_QUICK=1 runs a tiny version (a few MB, one repetition, no warm-up) in about a minute.
 """
@@ -17,7 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import b1_publish, b2_overhead, b3_emulation, b4_cache, b5_supply_chain, report
+from bench import (
+    b1_publish,
+    b2_overhead,
+    b3_emulation,
+    b4_cache,
+    b5_supply_chain,
+    b6_start_skew,
+    report,
+)
 from bench.harness import LOG, Settings, machine_info, playground, settings_from_env
 
 RESULTS = Path(__file__).with_name("results")
@@ -58,6 +66,8 @@ def run_benches(
         results["b4"] = b4_cache.bench(settings, base=base, registry=registry)
     if "b5" in settings.benches:
         results["b5"] = b5_supply_chain.bench(settings, base=base, registry=registry)
+    if "b6" in settings.benches:
+        results["b6"] = b6_start_skew.bench(settings)
     if "b2" in settings.benches:
         server = prefect_server() if with_prefect else contextlib.nullcontext()
         with server:
@@ -69,8 +79,8 @@ def run_benches(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
-    parser.add_argument("--only", default="b1,b2,b3,b4,b5",
-                        help="comma-separated: b1,b2,b3,b4,b5")
+    parser.add_argument("--only", default="b1,b2,b3,b4,b5,b6",
+                        help="comma-separated: b1,b2,b3,b4,b5,b6")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

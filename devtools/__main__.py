@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from devtools import builder_image, playground, serve, supervisor
+from devtools import builder_image, playground, postgres, serve, supervisor
 from devtools.serve_config import ServeError, load_settings
 from multiarch.errors import MultiarchError
 
@@ -59,7 +59,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(playground.status(state_dir=state_dir, port=port))
         settings = load_settings(state_dir=state_dir)
-        for service in (serve.server_service(settings), serve.worker_service(settings)):
+        services = (
+            serve.server_service(settings),
+            serve.worker_service(settings),
+            postgres.cluster_for_stop(settings).service(),
+        )
+        for service in services:
             print(
                 supervisor.status(name=service.name, state_dir=service.state_dir, port=service.port)
             )

@@ -19,8 +19,9 @@ import re
 import shlex
 import sys
 import time
+from pathlib import Path
 
-from devtools import supervisor
+from devtools import postgres, supervisor
 from devtools.prefect_api import api, cli_or_fail, healthy, prefect_cli, worker_heartbeat_since
 from devtools.serve_config import HOST, REPO, ServeError, Settings, int_env, say, shown
 
@@ -31,11 +32,29 @@ WORKER_NAME = "multiarch-local-worker"
 LIMITS = {"arch-arm64": ("ARM64_LIMIT", 1), "arch-amd64": ("AMD64_LIMIT", 2)}
 GLOBAL_LIMITS = {"multiarch-fleet": ("FLEET_LIMIT", 2)}
 TRY_DEPLOYMENT = "build-multiarch-image/build"
-SERVICES = ("worker", "server")  # stop order: the worker must not poll a server going away
+# Stop order: the worker must not poll a server going away, nor the server lose its database.
+SERVICES = ("worker", "server", "postgres")
+DATABASE_URL = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
+DATABASE_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL", "external": "your database"}
 
 
-def server_service(settings: Settings) -> supervisor.Service:
+def server_database(settings: Settings) -> str:
+    """sqlite or postgres (DB=), or external: a URL of the caller's own in the environment
+    (an existing PostgreSQL) that DB=sqlite leaves to the server."""
+    if settings.database == "sqlite" and os.environ.get(DATABASE_URL, "").strip():
+        return "external"
+    return settings.database
+
+
+def server_service(
+    settings: Settings, database_url: str | None = None
+) -> supervisor.Service:
+    """The server; `database_url` (our PostgreSQL's, with its password) goes into its
+    environment alone, never into an argv, a log or the worker's environment."""
     argv = (str(settings.prefect), "server", "start", "--host", HOST, "--port", str(settings.port))
+    env = settings.env()
+    if database_url is not None:
+        env[DATABASE_URL] = database_url
     return supervisor.Service(
         name="server",
         argv=argv,
@@ -45,7 +64,7 @@ def server_service(settings: Settings) -> supervisor.Service:
         host=HOST,
         readiness=f"answering {settings.api_url}/health",
         cwd=REPO,
-        env=settings.env(),
+        env=env,
     )
 
 
@@ -62,9 +81,22 @@ def worker_service(settings: Settings) -> supervisor.Service:
     )
 
 
-def ensure_server(settings: Settings) -> None:
-    service = server_service(settings)
-    where = f"SQLite in {shown(settings.prefect_home)}, log {shown(service.log_file)}"
+def database_file(settings: Settings) -> Path:
+    """Which database the running server was started on (sqlite, postgres, external)."""
+    return settings.serve_dir / "server.database"
+
+
+def ensure_server(settings: Settings, cluster: postgres.Cluster | None) -> None:
+    database = server_database(settings)
+    url = cluster.connection_url() if cluster is not None else None
+    service = server_service(settings, url)
+    if cluster is not None:
+        where = cluster.describe()
+    elif database == "external":
+        where = f"the database of {DATABASE_URL} in your environment"
+    else:
+        where = f"SQLite in {shown(settings.prefect_home)}"
+    where += f", log {shown(service.log_file)}"
     record = supervisor.running(name=service.name, state_dir=service.state_dir)
     if record is not None and record.argv != service.argv:
         raise ServeError(
@@ -80,8 +112,17 @@ def ensure_server(settings: Settings) -> None:
         return
     began = time.monotonic()
     record = _start_server(settings, service)
+    database_file(settings).write_text(database + "\n", encoding="utf-8")
     say(f"prefect server: started (pid {record.pid}, {where})")
     say(f"prefect server: healthy after {time.monotonic() - began:.1f} s")
+
+
+def _read_database(settings: Settings) -> str:
+    """The running server's database; a server started before this file existed: SQLite."""
+    try:
+        return database_file(settings).read_text(encoding="utf-8").strip() or "sqlite"
+    except OSError:
+        return "sqlite"
 
 
 def _start_server(settings: Settings, service: supervisor.Service) -> supervisor.Record:
@@ -212,7 +253,7 @@ def print_next_steps(settings: Settings) -> None:
         "\n"
         f"Prefect UI:  {settings.ui_url}\n"
         f"Try it:      {shlex.join(command)}\n"
-        f"Stop:        make stop   (server and worker; `make down` stops the registry)",
+        f"Stop:        make stop   (worker, server, PostgreSQL; `make down` stops the registry)",
         flush=True,
     )
 
@@ -234,7 +275,10 @@ def _serve(settings: Settings) -> None:
         raise ServeError(f"{settings.prefect} not found: run `make venv` (or set PREFECT_BIN)")
     settings.serve_dir.mkdir(parents=True, exist_ok=True)
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
-    ensure_server(settings)
+    say(f"database: {_database_choice(settings)}")
+    _refuse_other_database(settings)
+    cluster = postgres.ensure(settings) if settings.database == "postgres" else None
+    ensure_server(settings, cluster)
     ensure_work_pools(settings)
     ensure_concurrency_limits(settings)
     ensure_global_limits(settings)
@@ -243,8 +287,36 @@ def _serve(settings: Settings) -> None:
     print_next_steps(settings)
 
 
+def _database_choice(settings: Settings) -> str:
+    database = server_database(settings)
+    if database == "postgres":
+        return "PostgreSQL (DB=postgres)"
+    if database == "external":
+        return f"your own, from {DATABASE_URL} in the environment"
+    return "SQLite (the default; DB=postgres for PostgreSQL)"
+
+
+def _refuse_other_database(settings: Settings) -> None:
+    """Before anything starts: a running server on the other database is not switched
+    under its worker; the user stops it first."""
+    service = server_service(settings)
+    record = supervisor.running(name=service.name, state_dir=service.state_dir)
+    running_on = _read_database(settings)
+    wanted = server_database(settings)
+    if record is not None and running_on != wanted:
+        raise ServeError(
+            f"the Prefect server (pid {record.pid}) runs on "
+            f"{DATABASE_NAMES.get(running_on, running_on)}, not {DATABASE_NAMES[wanted]}: "
+            f"`make stop` first, then `make serve DB={settings.database}`"
+        )
+
+
 def stop(settings: Settings) -> int:
     for name in SERVICES:
-        stopped = supervisor.stop(name=name, state_dir=settings.serve_dir)
+        if name == "postgres":
+            stopped = postgres.stop(settings)
+        else:
+            stopped = supervisor.stop(name=name, state_dir=settings.serve_dir)
         print(f"stop: {name}: {stopped}", flush=True)
+    database_file(settings).unlink(missing_ok=True)
     return 0

@@ -13,6 +13,11 @@ Everything runs from argv lists; no value reaches a shell. Settings (environment
                              building at once (default 2 when created; when set, changed)
     MULTIARCH_REGISTRY_PORT  port of `make up`'s registry, for the printed example (5000)
     MULTIARCH_SERVE_TIMEOUT  seconds to wait for the server and the worker (default 120)
+    MULTIARCH_DB             the Prefect server's database: sqlite (default; a file in
+                             prefect/) or postgres (our own cluster in postgres/, see
+                             devtools.postgres); `make serve DB=postgres`
+    MULTIARCH_POSTGRES_PORT  that cluster's port on 127.0.0.1 (default 5433: Debian's own
+                             cluster, if any, keeps 5432)
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
+DATABASES = ("sqlite", "postgres")
 
 
 class ServeError(Exception):
@@ -37,6 +43,8 @@ class Settings:
     work_dir: Path
     registry_port: int
     timeout_s: float
+    database: str = "sqlite"  # one of DATABASES
+    postgres_port: int = 5433
 
     @property
     def prefect_home(self) -> Path:
@@ -80,7 +88,19 @@ def load_settings(*, state_dir: Path | None = None, registry_port: int | None = 
         work_dir=Path(work_dir).resolve(),
         registry_port=registry_port or int_env("MULTIARCH_REGISTRY_PORT", 5000),
         timeout_s=float(int_env("MULTIARCH_SERVE_TIMEOUT", 120)),
+        database=database_env(),
+        postgres_port=int_env("MULTIARCH_POSTGRES_PORT", 5433),
     )
+
+
+def database_env() -> str:
+    raw = os.environ.get("MULTIARCH_DB", "").strip() or "sqlite"
+    if raw not in DATABASES:
+        raise ServeError(
+            f"DB={raw!r} (MULTIARCH_DB) is not a database make serve runs on: choose "
+            f"{' or '.join(DATABASES)} (`make serve DB=postgres`)"
+        )
+    return raw
 
 
 def int_env(name: str, default: int) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from devtools import procfs
 
@@ -67,6 +69,11 @@ class Service:
     readiness: str | None = None  # for messages: what `ready` waits for
     cwd: Path | None = None
     env: Mapping[str, str] | None = None
+    # Run as this user (its groups too) rather than as ourselves: PostgreSQL refuses root.
+    user: str | None = None
+    # Sent to the leader alone before the group is signalled: a server such as PostgreSQL
+    # shuts its own children down cleanly on it, while SIGTERM to each child would not.
+    stop_signal: signal.Signals | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -217,7 +224,7 @@ def wait_until_ready(
             break
         time.sleep(POLL_S)
     exited = not record.is_running()
-    _terminate_group(record.pid, grace_s=STOP_GRACE_S)
+    _terminate_group(record.pid, grace_s=STOP_GRACE_S, first_signal=service.stop_signal)
     service.pid_file.unlink(missing_ok=True)
     tail = log_tail(service.log_file, offset=log_offset)
     readiness = service.describe_readiness()
@@ -233,8 +240,17 @@ def wait_until_ready(
     )
 
 
-def stop(*, name: str, state_dir: Path, grace_s: float = STOP_GRACE_S) -> Stopped:
-    """Stop the recorded process and its process group; always remove the pid file."""
+def stop(
+    *,
+    name: str,
+    state_dir: Path,
+    grace_s: float = STOP_GRACE_S,
+    first_signal: signal.Signals | None = None,
+) -> Stopped:
+    """Stop the recorded process and its process group; always remove the pid file.
+
+    `first_signal`, when given, goes to the leader alone first (a Service's stop_signal).
+    """
     path = pid_file(state_dir, name)
     record = read_record(path)
     if record is None:
@@ -248,7 +264,7 @@ def stop(*, name: str, state_dir: Path, grace_s: float = STOP_GRACE_S) -> Stoppe
             stopped=False,
             detail=f"pid {record.pid} no longer runs the recorded command, nothing signalled",
         )
-    how = _terminate_group(record.pid, grace_s=grace_s)
+    how = _terminate_group(record.pid, grace_s=grace_s, first_signal=first_signal)
     path.unlink(missing_ok=True)
     return Stopped(stopped=True, detail=f"stopped pid {record.pid} ({how})")
 
@@ -281,6 +297,7 @@ def _spawn(service: Service) -> tuple[Record, int]:
             cwd=service.cwd,
             env=dict(service.env) if service.env is not None else None,
             start_new_session=True,
+            **user_options(service.user),
         )
     _CHILDREN[process.pid] = process
     ticks = procfs.start_ticks(process.pid)
@@ -295,23 +312,48 @@ def _is_ready(service: Service, ready: Callable[[], bool] | None) -> bool:
     return ready is None or ready()
 
 
-def _terminate_group(pgid: int, *, grace_s: float) -> str:
+def user_options(user: str | None) -> dict[str, Any]:
+    """subprocess options that run a command as `user` with its groups (as `setpriv
+    --reuid --regid --init-groups` would); none when `user` is None."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    groups = os.getgrouplist(user, entry.pw_gid)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups}
+
+
+def _terminate_group(
+    pgid: int, *, grace_s: float, first_signal: signal.Signals | None = None
+) -> str:
     """SIGTERM the group, wait, then SIGKILL whatever is left of it; say which was needed.
 
     The leader was started as a session (and group) leader, so its helpers share its id.
+    `first_signal` goes to the leader alone before that, for a clean shutdown.
     """
+    if first_signal is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pgid, first_signal)
+        if _group_gone(pgid, grace_s=grace_s):
+            return first_signal.name
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sig)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            _reap(pgid)
-            if not procfs.group_members(pgid):
-                _reap(pgid, wait_s=grace_s)  # the group is empty, but our child may still
-                return sig.name  # be a zombie until it is waited for
-            time.sleep(POLL_S)
+        if _group_gone(pgid, grace_s=grace_s):
+            return sig.name
     left = procfs.group_members(pgid)
     return f"SIGKILL, still running: {left}" if left else "SIGKILL"
+
+
+def _group_gone(pgid: int, *, grace_s: float) -> bool:
+    """Wait up to `grace_s` for the group to empty (reaping our child); True if it did."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        _reap(pgid)
+        if not procfs.group_members(pgid):
+            _reap(pgid, wait_s=grace_s)  # the group is empty, but our child may still
+            return True  # be a zombie until it is waited for
+        time.sleep(POLL_S)
+    return False
 
 
 def _reap(pid: int, *, wait_s: float = 0.0) -> None:

@@ -1,8 +1,10 @@
 """The deployments as an operator runs them: `make serve`, `prefect deploy`, a worker.
 
-One real Prefect server (SQLite) and one process worker for the module, started by the same
+One real Prefect server and one process worker for the module, started by the same
 command as `make serve` (`python -m devtools serve`), on a free port with all state under a
-temporary directory, and stopped by the same command as `make stop`. The registry and the
+temporary directory, and stopped by the same command as `make stop`. The `stack` fixture is
+parametrised over the server's database, SQLite and PostgreSQL (`make serve DB=postgres`,
+its own cluster on a free port): every test that uses it runs on both. The registry and the
 base image come from the session's `playground` fixture (tests/sessions.py).
 `kubernetes_worker` adds a Prefect Kubernetes worker for the stack's multiarch-k8s pool,
 against the session's test cluster (tests/cluster).
@@ -13,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools import procfs, supervisor
 from devtools.registry import free_port
 from tests.sessions import REPO_ROOT, Playground
 
@@ -44,6 +49,7 @@ class Stack:
     port: int
     env: dict[str, str]
     serve_output: str
+    database: str = "sqlite"  # or "postgres"
 
     @property
     def api_url(self) -> str:
@@ -143,16 +149,51 @@ def processes_with_home(prefect_home: Path) -> list[str]:
     return found
 
 
+DATABASES = ["sqlite", "postgres"]
+
+
+def postgres_processes(state_dir: Path, postmaster: int | None) -> list[str]:
+    """What is left of the stack's PostgreSQL: its postmaster's group, or any process
+    whose command line names its cluster."""
+    data_dir = str(state_dir / "postgres" / "data")
+    found = []
+    pids = set(procfs.group_members(postmaster)) if postmaster else set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and data_dir in " ".join(procfs.cmdline(int(entry.name))):
+            pids.add(int(entry.name))
+    for pid in sorted(pids):
+        if procfs.is_alive(pid):
+            found.append(f"{pid}: {' '.join(procfs.cmdline(pid))}")
+    return found
+
+
+def state_dir_for(database: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """pytest's temporary dirs are mode 0700 under /tmp/pytest-of-root: when we are root,
+    PostgreSQL runs as the postgres user, who must pass through to the cluster."""
+    if database != "postgres" or os.geteuid() != 0:
+        return tmp_path_factory.mktemp("serve")
+    path = Path(tempfile.mkdtemp(prefix="multiarch-e2e-pg-"))
+    path.chmod(0o711)
+    return path
+
+
 # Module scope: stopped as soon as these tests are done, not left polling while the rest
-# of the suite runs on the same (small) machine.
-@pytest.fixture(scope="module")
-def stack(playground: Playground, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state_dir = tmp_path_factory.mktemp("serve")
+# of the suite runs on the same (small) machine. One stack per database, one after the other.
+@pytest.fixture(scope="module", params=DATABASES, ids=DATABASES)
+def stack(
+    request: pytest.FixtureRequest,
+    playground: Playground,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    database: str = request.param
+    state_dir = state_dir_for(database, tmp_path_factory)
     port = free_port()
     env = {
         **os.environ,
         "MULTIARCH_STATE_DIR": str(state_dir),
         "MULTIARCH_WORK_DIR": str(state_dir / "work"),
+        "MULTIARCH_DB": database,
+        "MULTIARCH_POSTGRES_PORT": str(free_port()),
         "PREFECT_PORT": str(port),
         "PREFECT_BIN": str(PREFECT),
         "MULTIARCH_REGISTRY_PORT": str(playground.registry.port),
@@ -162,6 +203,7 @@ def stack(playground: Playground, tmp_path_factory: pytest.TempPathFactory) -> I
         "PREFECT_HOME": str(state_dir / "prefect"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
     }
+    env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
     try:
         done = subprocess.run(
             SERVE,
@@ -172,17 +214,27 @@ def stack(playground: Playground, tmp_path_factory: pytest.TempPathFactory) -> I
             timeout=SERVE_TIMEOUT_S,
             check=False,
         )
-        stack = Stack(state_dir=state_dir, port=port, env=env, serve_output=done.stdout)
+        stack = Stack(
+            state_dir=state_dir, port=port, env=env, serve_output=done.stdout, database=database
+        )
         assert done.returncode == 0, f"devtools serve failed:\n{done.stdout}\n{done.stderr}"
         yield stack
     finally:
+        record = supervisor.read_record(state_dir / "serve" / "postgres.pid")
         stopped = subprocess.run(
             STOP, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
         )
         left = processes_with_home(state_dir / "prefect")
-        assert stopped.returncode == 0, f"devtools stop failed:\n{stopped.stdout}{stopped.stderr}"
-        assert not left, "processes left behind by devtools stop:\n" + "\n".join(left)
-        assert not list((state_dir / "serve").glob("*.pid")), "pid files left behind"
+        left += postgres_processes(state_dir, record.pid if record else None)
+        try:
+            assert stopped.returncode == 0, (
+                f"devtools stop failed:\n{stopped.stdout}{stopped.stderr}"
+            )
+            assert not left, "processes left behind by devtools stop:\n" + "\n".join(left)
+            assert not list((state_dir / "serve").glob("*.pid")), "pid files left behind"
+        finally:
+            if database == "postgres" and not left:
+                shutil.rmtree(state_dir, ignore_errors=True)
 
 
 KUBERNETES_POOL = "multiarch-k8s"

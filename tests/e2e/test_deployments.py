@@ -5,9 +5,11 @@ from __future__ import annotations
 import inspect
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from devtools import procfs
 from flows.build import build_multiarch_image
 from multiarch.ocispec import MEDIA_TYPE_INDEX
 from multiarch.request import BuildRequest
@@ -152,9 +154,10 @@ def test_arm64_limit_serialises_arm64_builds_across_flow_runs(stack, playground,
 
 
 def test_serve_again_reuses_what_runs(stack):
+    names = ["server", "worker"] + (["postgres"] if stack.database == "postgres" else [])
     pids = {
         name: (stack.state_dir / "serve" / f"{name}.pid").read_text().splitlines()[0]
-        for name in ("server", "worker")
+        for name in names
     }
     done = subprocess.run(
         SERVE,
@@ -171,3 +174,58 @@ def test_serve_again_reuses_what_runs(stack):
     assert "work pool multiarch-local: exists" in done.stdout
     assert "build-multiarch-image/nightly-rebuild" in done.stdout
     assert f"http://127.0.0.1:{stack.port}" in done.stdout
+    if stack.database == "postgres":
+        assert f"postgres: already running (pid {pids['postgres']}" in done.stdout
+        assert "database: PostgreSQL" in done.stdout
+    else:
+        assert "database: SQLite" in done.stdout
+
+
+def test_serve_on_the_other_database_is_refused_while_one_runs(stack):
+    other = "sqlite" if stack.database == "postgres" else "postgres"
+    server_pid = (stack.state_dir / "serve" / "server.pid").read_text().splitlines()[0]
+    done = subprocess.run(
+        SERVE,
+        cwd=REPO_ROOT,
+        env={**stack.env, "MULTIARCH_DB": other},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    named = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+    assert (
+        f"the Prefect server (pid {server_pid}) runs on {named[stack.database]}, "
+        f"not {named[other]}: `make stop` first, then `make serve DB={other}`"
+    ) in done.stderr
+    # Nothing was started or switched: the same server still answers.
+    assert stack.api("GET", "/health") is True
+    if other == "postgres":
+        assert not (stack.state_dir / "serve" / "postgres.pid").exists(), "postgres started"
+
+
+def test_server_runs_on_the_chosen_database_with_no_password_in_sight(stack):
+    pid = int((stack.state_dir / "serve" / "server.pid").read_text().splitlines()[0])
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    key = b"PREFECT_SERVER_DATABASE_CONNECTION_URL="
+    urls = [item.removeprefix(key).decode() for item in environ if item.startswith(key)]
+    if stack.database == "sqlite":
+        assert urls == []
+        assert (stack.prefect_home / "prefect.db").is_file()
+        assert not (stack.state_dir / "postgres").exists()
+        return
+    password = (stack.state_dir / "postgres" / "password").read_text().strip()
+    assert len(password) >= 24
+    port = stack.env["MULTIARCH_POSTGRES_PORT"]
+    assert urls == [f"postgresql+asyncpg://prefect:{password}@127.0.0.1:{port}/prefect"]
+    assert not (stack.prefect_home / "prefect.db").exists(), "the server wrote SQLite"
+    # The URL is in the server's environment alone: in no command line (`ps`), no log.
+    cmdlines = [
+        " ".join(procfs.cmdline(int(entry.name)))
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+    ]
+    assert not [line for line in cmdlines if password in line]
+    for log in (stack.state_dir / "serve").glob("*.log"):
+        assert password not in log.read_text(errors="replace"), log

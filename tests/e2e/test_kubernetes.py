@@ -33,7 +33,12 @@ from tests.e2e.conftest import RUN_TIMEOUT_S, KubernetesWorker, Stack, run_deplo
 from tests.integration.conftest import skopeo_raw, tag_digest
 from tests.integration.git_repos import GitDaemon, git, make_repo
 
-pytestmark = pytest.mark.e2e
+# The Kubernetes path is the worker's and the cluster's, not the database's: SQLite's
+# stack alone (test_deployments.py runs the server on both databases).
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.parametrize("stack", ["sqlite"], indirect=True, scope="module"),
+]
 
 CONTAINERFILE = """\
 ARG BASE

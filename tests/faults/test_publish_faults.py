@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -23,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools import postgres, serve
 from devtools.registry import free_port, start_registry, stop_registry
+from devtools.serve_config import Settings
 from tests.faults.fault_proxy import Answer, Delay, FaultProxy, Hook, Reset
 from tests.faults.hoststate import processes_with
 from tests.integration.conftest import tag_digest
@@ -429,43 +433,51 @@ def overlaps(first: tuple[str, str], second: tuple[str, str]) -> bool:
     return first[0] <= second[1] and second[0] <= first[1]
 
 
+def check_pair(pair: int, *, image: str, tags: list[str], api_url: str | None,
+               works: list[Path], proxy, tmp_path: Path, base: str) -> int:
+    """Two runs publishing `tags` of `image` at once: the tags never split, the publishes
+    never overlap, one run waits for the other. Returns how many runs succeeded."""
+    direct = image.replace(proxy.address, proxy.upstream, 1)
+    proxy.clear()
+    runs = [
+        start_cli(image=image, tags=tags, context=context_dir(tmp_path, base),
+                  work=run_work, api_url=api_url,
+                  prefect_home=None if api_url else tmp_path / f"prefect-{pair}-{i}")
+        for i, run_work in enumerate(works)
+    ]
+    rendezvous = Rendezvous([run.log for run in runs])
+    proxy.add("GET", BY_DIGEST, Hook(rendezvous))  # publish's first call: index new?
+    proxy.add("PUT", TAG_PUT, Delay(0.3))  # a wide window between the tag writes
+    outcomes = [finish(run) for run in runs]
+    holding = held(direct, tags)
+    digests = set(holding.values())
+    assert len(digests) == 1, f"pair {pair}: tags split {holding}"
+    reported = {o.digest for o in outcomes if o.code == 0}
+    assert digests <= reported, f"pair {pair}: tags hold {holding}, runs said {outcomes}"
+    last = max(outcomes, key=lambda o: o.last_verified)  # the later publish
+    if last.code == 0:
+        assert last.digest in digests, f"pair {pair}: the last run's digest is not on the tags"
+    windows = [o.tag_window for o in outcomes]
+    assert all(windows), f"pair {pair}: a run did not verify its tags: " + " | ".join(
+        o.error or o.output[-1500:] for o in outcomes)
+    assert not overlaps(*windows), f"pair {pair}: both runs wrote tags at once: {windows}"
+    assert not rendezvous.met, f"pair {pair}: both runs published at once"
+    assert any(WAITING_LOG in o.output for o in outcomes), f"pair {pair}: none waited"
+    for run_work in works:
+        assert_clean(run_work)
+    return len(reported)
+
+
 def test_five_pairs_of_concurrent_runs_on_the_same_three_tags_never_split_them(
     playground, prefect_server, proxy, tmp_path, work, record_scenario
 ):
-    image, path = repository(proxy.address, "pairs")
-    direct = f"{playground.address}/{path}"
+    image, _ = repository(proxy.address, "pairs")
     tags = ["a", "b", "c"]
     successes = 0
     for pair in range(PAIRS):
-        proxy.clear()
         api_url, works = pair_setup(pair, prefect_server=prefect_server, work=work)
-        runs = [
-            start_cli(image=image, tags=tags, context=context_dir(tmp_path, playground.base),
-                      work=run_work, api_url=api_url,
-                      prefect_home=None if api_url else tmp_path / f"prefect-{pair}-{i}")
-            for i, run_work in enumerate(works)
-        ]
-        rendezvous = Rendezvous([run.log for run in runs])
-        proxy.add("GET", BY_DIGEST, Hook(rendezvous))  # publish's first call: index new?
-        proxy.add("PUT", TAG_PUT, Delay(0.3))  # a wide window between the tag writes
-        outcomes = [finish(run) for run in runs]
-        holding = held(direct, tags)
-        digests = set(holding.values())
-        assert len(digests) == 1, f"pair {pair}: tags split {holding}"
-        reported = {o.digest for o in outcomes if o.code == 0}
-        assert digests <= reported, f"pair {pair}: tags hold {holding}, runs said {outcomes}"
-        last = max(outcomes, key=lambda o: o.last_verified)  # the later publish
-        if last.code == 0:
-            assert last.digest in digests, f"pair {pair}: the last run's digest is not on the tags"
-        windows = [o.tag_window for o in outcomes]
-        assert all(windows), f"pair {pair}: a run did not verify its tags: " + " | ".join(
-            o.error or o.output[-1500:] for o in outcomes)
-        assert not overlaps(*windows), f"pair {pair}: both runs wrote tags at once: {windows}"
-        assert not rendezvous.met, f"pair {pair}: both runs published at once"
-        assert any(WAITING_LOG in o.output for o in outcomes), f"pair {pair}: none waited"
-        successes += len(reported)
-        for run_work in works:
-            assert_clean(run_work)
+        successes += check_pair(pair, image=image, tags=tags, api_url=api_url, works=works,
+                                proxy=proxy, tmp_path=tmp_path, base=playground.base)
     record_scenario(
         f"{PAIRS} pairs of concurrent runs publishing the same three tags (3 pairs on one "
         "Prefect server and work directory; 1 pair on one server with two work directories: "
@@ -478,4 +490,55 @@ def test_five_pairs_of_concurrent_runs_on_the_same_three_tags_never_split_them(
         "one after the other",
         "after every pair all three tags hold one digest, that of the run that published "
         "last; nothing under the work directory",
+    )
+
+
+@pytest.fixture(scope="module")
+def postgres_prefect_server() -> Iterator[str]:
+    """A Prefect server on PostgreSQL, as `make serve DB=postgres` starts it (its cluster
+    and server only: no worker); yields its API URL. The session's `prefect_server` is
+    Prefect's test harness, on SQLite."""
+    state_dir = Path(tempfile.mkdtemp(prefix="multiarch-faults-pg-"))
+    state_dir.chmod(0o711)  # as root PostgreSQL runs as the postgres user: it passes through
+    settings = Settings(
+        state_dir=state_dir, port=free_port(), prefect=Path(sys.executable).parent / "prefect",
+        work_dir=state_dir / "work", registry_port=5000, timeout_s=300, database="postgres",
+        postgres_port=free_port(),
+    )
+    settings.serve_dir.mkdir(parents=True)
+    settings.prefect_home.mkdir(parents=True)
+    try:
+        serve.ensure_server(settings, postgres.ensure(settings))
+        yield settings.api_url
+    finally:
+        serve.stop(settings)
+        assert processes_with(str(state_dir)) == [], "left running after stop"
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def test_concurrent_runs_on_a_postgresql_backed_server_never_split_tags(
+    playground, postgres_prefect_server, proxy, tmp_path, work, record_scenario
+):
+    """The five pairs' checks with the server on PostgreSQL: one pair sharing the work
+    directory, one with a directory each, where only the Prefect limit, and so the
+    database's concurrency leases, serialises the two publishes."""
+    image, _ = repository(proxy.address, "pairs-pg")
+    tags = ["a", "b", "c"]
+    separate = [work.parent / f"work-pg-{i}" for i in range(2)]
+    for path in separate:
+        path.mkdir()
+    successes = 0
+    for pair, works in enumerate([[work, work], separate]):
+        successes += check_pair(pair, image=image, tags=tags, api_url=postgres_prefect_server,
+                                works=works, proxy=proxy, tmp_path=tmp_path,
+                                base=playground.base)
+    record_scenario(
+        "2 pairs of concurrent runs publishing the same three tags on a Prefect server backed "
+        "by PostgreSQL (`make serve DB=postgres`'s cluster): one pair sharing the work "
+        "directory, one with a work directory each (only the Prefect limit serialises); "
+        "the same proxy rendezvous and slowed tag writes as the five pairs",
+        "publishes never overlap: the second run waits for the limit `publish:<repository>`; "
+        f"{successes} of 4 runs succeeded, one after the other",
+        "after every pair all three tags hold one digest, that of the run that published "
+        "last; nothing under the work directories; no PostgreSQL or Prefect process after stop",
     )
