@@ -159,11 +159,10 @@ def ensure_work_pools(settings: Settings) -> None:
 
 def ensure_concurrency_limits(settings: Settings) -> None:
     for tag, (variable, default) in LIMITS.items():
-        wanted = int_env(variable, default)
-        requested = bool(os.environ.get(variable, "").strip())
         status, body = api(settings, "GET", f"/concurrency_limits/tag/{tag}")
         current = body.get("concurrency_limit") if status == 200 and body else None
-        if current is not None and (not requested or current == wanted):
+        wanted = limit_to_set(variable, default, current)
+        if wanted is None:
             say(f"task concurrency limit {tag}: {current} (kept; {variable}=N changes it)")
             continue
         # Creating an existing tag's limit updates it (the server upserts by tag).
@@ -173,6 +172,16 @@ def ensure_concurrency_limits(settings: Settings) -> None:
         say(f"task concurrency limit {tag}: {wanted} ({done})")
 
 
+def limit_to_set(variable: str, default: int, current: int | None) -> int | None:
+    """The value a limit must be created with or changed to, or None to keep `current`:
+    an existing limit is only changed when its variable asks for another value."""
+    wanted = int_env(variable, default)
+    requested = bool(os.environ.get(variable, "").strip())
+    if current is not None and (not requested or current == wanted):
+        return None
+    return wanted
+
+
 def ensure_global_limits(settings: Settings) -> None:
     """`multiarch-fleet`: how many images of a fleet run (flows/fleet.py) build at once.
 
@@ -180,11 +189,10 @@ def ensure_global_limits(settings: Settings) -> None:
     whole subflow. FLEET_LIMIT (default 2) sets it when created; when set, it changes it.
     """
     for name, (variable, default) in GLOBAL_LIMITS.items():
-        wanted = int_env(variable, default)
-        requested = bool(os.environ.get(variable, "").strip())
         status, body = api(settings, "GET", f"/v2/concurrency_limits/{name}")
         current = body.get("limit") if status == 200 and body else None
-        if current is not None and (not requested or current == wanted):
+        wanted = limit_to_set(variable, default, current)
+        if wanted is None:
             say(f"global concurrency limit {name}: {current} (kept; {variable}=N changes it)")
             continue
         if current is None:

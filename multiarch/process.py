@@ -113,12 +113,7 @@ def kill_scope_steps() -> int:
         return kill_all_steps()
     with _live_lock:
         groups = [g for g in _live_groups if _group_scopes.get(g) == scope]
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signal.SIGTERM)
-    for group in groups:
-        _kill_group(group)
-    return len(groups)
+    return _kill_groups(groups)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,6 +143,11 @@ def kill_all_steps() -> int:
     """
     with _live_lock:
         groups = list(_live_groups)
+    return _kill_groups(groups)
+
+
+def _kill_groups(groups: list[int]) -> int:
+    """SIGTERM every group at once, then give them one shared grace period."""
     for group in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGTERM)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 from multiarch.containerfile import base_images, final_base
 from multiarch.rebuild import (
@@ -127,15 +129,19 @@ def test_index_platforms_are_read_in_normal_form_skipping_unknown_entries():
     assert index_platforms({}) == set()
 
 
-def test_inputs_digest_changes_with_build_args_and_context_content(tmp_path):
-    (tmp_path / "Containerfile").write_text("FROM scratch\n")
-    source = PinnedSource(kind="local", location=str(tmp_path))
+def scratch_inputs_digest(context: Path, **fields: Any) -> str:
+    """The inputs digest of a one-platform `FROM scratch` request on `context`."""
+    (context / "Containerfile").write_text("FROM scratch\n")
+    source = PinnedSource(kind="local", location=str(context))
+    request = BuildRequest(
+        image="reg.test/a/b:1", platforms=("linux/amd64",), context=str(context), **fields
+    )
+    return inputs_digest(request, source, "FROM scratch\n")
 
+
+def test_inputs_digest_changes_with_build_args_and_context_content(tmp_path):
     def digest(**fields):
-        request = BuildRequest(
-            image="reg.test/a/b:1", platforms=("linux/amd64",), context=str(tmp_path), **fields
-        )
-        return inputs_digest(request, source, "FROM scratch\n")
+        return scratch_inputs_digest(tmp_path, **fields)
 
     first = digest()
     assert digest() == first
@@ -147,14 +153,8 @@ def test_inputs_digest_changes_with_build_args_and_context_content(tmp_path):
 
 
 def test_switching_index_format_rebuilds_and_the_default_keeps_old_digests(tmp_path):
-    (tmp_path / "Containerfile").write_text("FROM scratch\n")
-    source = PinnedSource(kind="local", location=str(tmp_path))
-
     def digest(**fields):
-        request = BuildRequest(
-            image="reg.test/a/b:1", platforms=("linux/amd64",), context=str(tmp_path), **fields
-        )
-        return inputs_digest(request, source, "FROM scratch\n")
+        return scratch_inputs_digest(tmp_path, **fields)
 
     assert digest(index_format="oci") == digest()
     assert digest(index_format="docker") != digest()
