@@ -22,6 +22,7 @@ from prefect.states import Completed, Failed, State
 from flows.build import build_multiarch_image
 from multiarch.catalog import CatalogEntry
 from multiarch.fleet import (
+    FleetFailed,
     FleetResult,
     ImageOutcome,
     failure_message,
@@ -83,7 +84,7 @@ def rebuild_fleet(catalog: str = "examples/fleet/images.yaml",
     log.info(f"fleet {catalog}: {summary_line(outcomes)}")
     message = failure_message(outcomes)
     if message is not None:
-        return Failed(message=message, data=result)
+        return Failed(message=message, data=FleetFailed(message, result))
     return Completed(message=summary_line(outcomes), data=result)
 
 

@@ -28,6 +28,7 @@ from multiarch.catalog import (
     load_catalog,
 )
 from multiarch.containerfile import base_images
+from multiarch.errors import MultiarchError
 from multiarch.rebuild import read_containerfile
 from multiarch.source import PinnedSource, pin_source
 
@@ -60,6 +61,19 @@ class FleetResult(BaseModel):
     @property
     def problems(self) -> list[ImageOutcome]:
         return [o for o in self.images if o.decision not in OK_DECISIONS]
+
+
+class FleetFailed(MultiarchError):
+    """Some images did not publish. The fleet run ends Failed with this as its result, so
+    the outcome of every image stays readable (`result`); a Failed state's data must be an
+    exception for Prefect to raise it where the run is awaited."""
+
+    def __init__(self, message: str, result: FleetResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self) -> tuple[type[FleetFailed], tuple[str, FleetResult]]:
+        return (FleetFailed, (str(self), self.result))
 
 
 @dataclass(frozen=True, kw_only=True)

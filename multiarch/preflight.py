@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from multiarch.cache_checks import check_cache_access, check_cache_use
@@ -73,8 +74,18 @@ def check_directory(field: str, path: Path, *, min_free: int = MIN_FREE_BYTES) -
         check_path_for_oci(str(path))
     except ValueError as exc:
         raise ConfigurationError(f"{field}: {exc}") from exc
+    # One check at a time in a process: a fleet preflights several builds at once, and one
+    # check removing the directory it created must not pull it from under another's probe.
+    with _directory_checks:
+        return _check_directory(field, path, min_free=min_free)
+
+
+_directory_checks = threading.Lock()
+
+
+def _check_directory(field: str, path: Path, *, min_free: int) -> str:
     created = [parent for parent in [path, *path.parents] if not parent.exists()]
-    probe = path / f"{PROBE_NAME}-{os.getpid()}"
+    probe = path / f"{PROBE_NAME}-{os.getpid()}-{threading.get_ident()}"
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"multiarch preflight\n")

@@ -16,6 +16,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectAlreadyExists
 
 from flows.fleet import FLEET_LIMIT, rebuild_fleet
+from multiarch.fleet import FleetFailed
 from multiarch.orchestrate import build_and_publish
 from multiarch.request import BuildRequest, RunnerOptions
 from tests.integration.conftest import tag_digest
@@ -92,6 +93,8 @@ def run_fleet(catalog: Path) -> tuple[object, dict[str, object], float]:
     state = rebuild_fleet(catalog=str(catalog), return_state=True)
     elapsed = time.monotonic() - began
     result = state.result(raise_on_failure=False)
+    if isinstance(result, FleetFailed):  # a failed run's result: every image's outcome
+        result = result.result
     images = {o.name: o for o in result.images} if hasattr(result, "images") else {}
     return state, images, elapsed
 
@@ -158,6 +161,11 @@ def test_a_failing_image_skips_its_dependents_and_fails_the_run(
     assert state.is_failed()
     assert state.message == ("2 of 3 images not published; failed: broken; skipped because a "
                              "base failed: on-broken"), state.message
+    # Awaited as a deployment's worker does: the run's error, with every outcome in it.
+    with pytest.raises(FleetFailed) as failed:
+        state.result()
+    assert {o.name: o.decision for o in failed.value.result.images} == {
+        "broken": "failed", "on-broken": "skipped", "fine": "rebuilt"}
     assert images["fine"].decision == "rebuilt"
     assert tag_digest(f"{registry}/fleet-tests/fine:latest") == images["fine"].digest
     assert images["on-broken"].decision == "skipped"

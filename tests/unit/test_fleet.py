@@ -207,3 +207,19 @@ def test_the_example_catalog_orders_as_documented():
     again = load_plan(str(Path(__file__).parents[2] / "examples" / "fleet" / "images.yaml"),
                       only_dependents_of="127.0.0.1:5000/library/busybox")
     assert set(again.order) == {"base", "app-a", "app-b", "app-c"}  # tool: FROM scratch
+
+
+def test_a_failed_fleet_keeps_every_outcome_through_pickling():
+    """A Failed run's data must be an exception (Prefect raises it to whoever awaits the
+    run); it still carries each image's outcome, also once persisted."""
+    import pickle
+
+    from multiarch.fleet import FleetFailed, FleetResult, ImageOutcome
+
+    result = FleetResult(catalog="images.yaml", images=[
+        ImageOutcome(name="tool", image=f"{REG}/fleet/tool:latest", decision="failed",
+                     duration_s=1.0, message="RUN exited 1")])
+    failed = pickle.loads(pickle.dumps(FleetFailed("1 of 1 images not published", result)))
+    assert isinstance(failed, Exception)
+    assert str(failed) == "1 of 1 images not published"
+    assert failed.result == result

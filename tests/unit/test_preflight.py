@@ -118,3 +118,19 @@ def test_kubernetes_runner_checks_only_the_work_dir(tmp_path: Path) -> None:
     request = request_for(GIT, runner={"kind": "kubernetes", "work_dir": str(tmp_path / "w")})
     notes = preflight.check_directories(request)
     assert [note.split(":", 1)[0] for note in notes] == ["work_dir"]
+
+
+def test_builds_preflighting_the_same_new_directory_at_once_all_pass(tmp_path):
+    """A fleet preflights several builds in one process at the same moment: one check
+    removing the directory it created must not fail another's probe."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from multiarch.preflight import check_directory
+
+    for attempt in range(30):
+        work = tmp_path / f"round-{attempt}" / "work"
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            notes = list(pool.map(lambda path: check_directory("work_dir", path, min_free=0),
+                                  [work] * 4))
+        assert all(note.startswith(f"work_dir: {work} is writable") for note in notes)
+        assert not work.parent.exists()  # each check still removes what it created
