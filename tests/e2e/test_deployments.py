@@ -34,7 +34,7 @@ def example_params(playground, tag: str) -> dict:
     }
 
 
-def test_prefect_yaml_deploys_three_deployments(stack):
+def test_prefect_yaml_deploys_the_build_deployments(stack):
     build = stack.deployment("build")
     nightly = stack.deployment("nightly-rebuild")
     kube = stack.deployment("build-kubernetes")
