@@ -118,6 +118,21 @@ def timed_failure(run: Callable[[], object], expected: type[BaseException]
     return failure.value, time.monotonic() - started
 
 
+def wait_for_build_step(cluster: Cluster, process: subprocess.Popen[str]) -> None:
+    """Until a build pod's `build` container runs; when it never does, fail with what the
+    run printed and the pods' states (the run may have ended, or its pod never started)."""
+    try:
+        cluster.wait_for(running_step(cluster, "build"), timeout=120, what="the build step")
+    except TimeoutError:
+        if process.poll() is None:
+            process.kill()
+        output, _ = process.communicate(timeout=30)
+        pods = [(p["metadata"]["name"], (p.get("status") or {}).get("phase"))
+                for p in cluster.pods()]
+        pytest.fail(f"no build step ran within 120 s; pods {pods}; the run printed:\n"
+                    f"{output[-4000:]}")
+
+
 def running_step(cluster: Cluster, step: str, *, namespace: str | None = None
                  ) -> Callable[[], Obj | None]:
     """A condition: some pod has container `step` running (the pod, or None)."""
@@ -350,7 +365,7 @@ def test_sigterm_to_the_run_leaves_no_job(git_daemon, cluster, playground, prefe
                                 json.dumps(parameters)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
-        cluster.wait_for(running_step(cluster, "build"), timeout=120, what="the build step")
+        wait_for_build_step(cluster, process)
         process.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
         output, _ = process.communicate(timeout=60)
@@ -394,7 +409,7 @@ def test_sigterm_to_a_rescheduling_flow_run_leaves_no_job(git_daemon, cluster, p
                                 "execute", str(flow_run.id)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        cluster.wait_for(running_step(cluster, "build"), timeout=120, what="the build step")
+        wait_for_build_step(cluster, process)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
     finally:
