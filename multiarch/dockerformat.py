@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from multiarch.errors import PublishError
-from multiarch.oci import LayoutImage, blob_path, link_blob
+from multiarch.oci import LayoutImage, blob_path, digest_hex, link_blob
 from multiarch.ocispec import (
     DOCKER_CONFIG,
     DOCKER_FOREIGN_LAYER,
@@ -148,15 +148,8 @@ def write_manifest_list_dir(destination: Path, manifest_list: bytes,
     for image in images:
         assert image.layout is not None, "only layouts are linked into a dir: image"
         for digest in image.blob_digests:
-            link_blob(blob_path(image.layout, digest), destination / _hex(digest))
+            link_blob(blob_path(image.layout, digest), destination / digest_hex(digest))
     for digest, body in manifests.items():
-        (destination / f"{_hex(digest)}.manifest.json").write_bytes(body)
+        (destination / f"{digest_hex(digest)}.manifest.json").write_bytes(body)
     (destination / "manifest.json").write_bytes(manifest_list)
     return sha256_digest(manifest_list)
-
-
-def _hex(digest: str) -> str:
-    algorithm, _, hexpart = digest.partition(":")
-    if algorithm != "sha256" or len(hexpart) != 64:
-        raise PublishError(f"unsupported or malformed digest {digest!r}")
-    return hexpart

@@ -42,10 +42,15 @@ class LayoutImage:
 
 
 def blob_path(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest_hex(digest, where=f" in {layout}")
+
+
+def digest_hex(digest: str, *, where: str = "") -> str:
+    """The hex of a sha256 digest, the only kind a blob here may have; PublishError else."""
     algorithm, _, hexpart = digest.partition(":")
     if algorithm != "sha256" or len(hexpart) != 64:
-        raise PublishError(f"unsupported or malformed digest {digest!r} in {layout}")
-    return layout / "blobs" / algorithm / hexpart
+        raise PublishError(f"unsupported or malformed digest {digest!r}{where}")
+    return hexpart
 
 
 def read_blob_json(layout: Path, digest: str) -> dict[str, Any]:
