@@ -13,7 +13,7 @@ import contextvars
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -58,10 +58,6 @@ class FleetResult(BaseModel):
     only_dependents_of: str | None = None
     images: list[ImageOutcome]
 
-    @property
-    def problems(self) -> list[ImageOutcome]:
-        return [o for o in self.images if o.decision not in OK_DECISIONS]
-
 
 class FleetFailed(MultiarchError):
     """Some images did not publish. The fleet run ends Failed with this as its result, so
@@ -81,7 +77,6 @@ class FleetPlan:
     catalog: Catalog
     graph: Mapping[str, list[str]]  # entry -> catalog entries it is built FROM
     order: list[str]  # the selected entries, each after its bases
-    bases: Mapping[str, list[str]] = field(default_factory=dict)
 
 
 def entry_bases(entry: CatalogEntry) -> list[str]:
@@ -110,7 +105,7 @@ def plan_fleet(catalog: Catalog, *, only_dependents_of: str | None = None,
     if only_dependents_of:
         selected = set(dependents_of(catalog, graph, bases, only_dependents_of))
         order = [name for name in order if name in selected]
-    return FleetPlan(catalog=catalog, graph=graph, order=order, bases=bases)
+    return FleetPlan(catalog=catalog, graph=graph, order=order)
 
 
 def load_plan(path: str, *, only_dependents_of: str | None = None) -> FleetPlan:
