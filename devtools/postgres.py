@@ -207,12 +207,17 @@ def _prepare_dirs(found: Cluster) -> None:
     if found.user is not None:
         check_reachable(found.root, found.user)
     found.socket_dir.mkdir(mode=0o700, exist_ok=True)
-    if found.user is not None:
-        shutil.chown(found.socket_dir, user=found.user, group=pwd.getpwnam(found.user).pw_gid)
+    _give_to_run_user(found, found.socket_dir)
     if not found.password_file.exists():
         fd = os.open(found.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(secrets.token_urlsafe(24) + "\n")
+
+
+def _give_to_run_user(found: Cluster, directory: Path) -> None:
+    """As root, a directory PostgreSQL writes (data, socket) belongs to its run user."""
+    if found.user is not None:
+        shutil.chown(directory, user=found.user, group=pwd.getpwnam(found.user).pw_gid)
 
 
 def check_reachable(path: Path, user: str) -> None:
@@ -245,8 +250,7 @@ def _initdb(found: Cluster) -> None:
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(mode=0o700)
-    if found.user is not None:
-        shutil.chown(partial, user=found.user, group=pwd.getpwnam(found.user).pw_gid)
+    _give_to_run_user(found, partial)
     argv = [
         str(BIN_DIR / "initdb"),
         "-D", str(partial),
