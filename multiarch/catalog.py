@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from multiarch.errors import ConfigurationError
 from multiarch.references import DEFAULT_TAG, parse_reference_fields
-from multiarch.request import BuildRequest, describe_validation_error
+from multiarch.request import BuildRequest, describe_validation_error, is_git_url
 
 TOP_LEVEL_KEYS = ("defaults", "images")
 FLEET_REBUILD_DEFAULT = "if-changed"
@@ -140,8 +140,6 @@ def _default_name(image: Any) -> str | None:
 
 def resolve_context(context: str, base_dir: Path) -> str:
     """A relative local context is relative to the catalog file, not to the cwd."""
-    from multiarch.request import is_git_url
-
     if is_git_url(context) or Path(context).is_absolute():
         return context
     return str((base_dir / context).resolve())
