@@ -127,9 +127,8 @@ def index_platform(image: LayoutImage, requested: Platform) -> dict[str, str]:
             f"not {wanted_variant}: check the base image's variant"
         )
     platform = {"architecture": image.architecture, "os": image.os}
-    variant = image.variant or wanted_variant
-    if variant:
-        platform["variant"] = variant
+    if image.variant:  # the config's, or none: an entry and its config never disagree
+        platform["variant"] = image.variant
     return platform
 
 

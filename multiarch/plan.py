@@ -134,7 +134,7 @@ def build_step(
         "build",
         *isolation,
         "--platform",
-        str(platform),
+        platform.build_text,
     ]
     if request.insecure_registry:
         argv.append("--tls-verify=false")

@@ -80,6 +80,15 @@ class Platform(TextValue):
         """The variant written into the image index entry (arm64 always gets v8)."""
         return self.variant or DEFAULT_VARIANT.get(self.architecture)
 
+    @property
+    def build_text(self) -> str:
+        """What buildah's `--platform` is given: with the index variant (`linux/arm64/v8`),
+        so the image config says the variant the index entry will say (buildah writes no
+        variant for a bare `linux/arm64`, and `crane validate` rejects an entry whose
+        variant its config lacks)."""
+        variant = self.index_variant
+        return "/".join([self.os, self.architecture, *([variant] if variant else [])])
+
 
 def _parse_fields(text: str) -> dict[str, str | None]:
     parts = text.strip().lower().split("/")

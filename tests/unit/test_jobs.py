@@ -146,7 +146,7 @@ def test_build_job_for_arm64_is_exactly_this():
                                 "--isolation",
                                 "chroot",
                                 "--platform",
-                                "linux/arm64",
+                                "linux/arm64/v8",
                                 "--build-arg",
                                 "GREETING=hi $$(id); `x`",
                                 "--label",

@@ -89,7 +89,7 @@ def amd64(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
 @pytest.fixture
 def arm64(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
     layout = tmp_path / "linux-arm64"
-    return layout, make_layout(layout, architecture="arm64")
+    return layout, make_layout(layout, architecture="arm64", variant="v8")
 
 
 # --- reading a layout ------------------------------------------------------------------
@@ -240,11 +240,12 @@ def test_assemble_index_keeps_config_variant(tmp_path: Path) -> None:
     }
 
 
-def test_assemble_index_arm_without_config_variant_gets_v7(tmp_path: Path) -> None:
-    make_layout(tmp_path, architecture="arm")
+def test_an_entry_never_claims_a_variant_its_config_lacks(tmp_path: Path) -> None:
+    """crane validate: `mismatched Variant:  != v8` for an entry that adds one."""
+    make_layout(tmp_path, architecture="arm64")
     image = read_layout_image(tmp_path, REF)
-    entry = json.loads(assemble_index([(Platform.parse("linux/arm"), image)], annotations={}))
-    assert entry["manifests"][0]["platform"]["variant"] == "v7"
+    entry = json.loads(assemble_index([(Platform.parse("linux/arm64"), image)], annotations={}))
+    assert entry["manifests"][0]["platform"] == {"architecture": "arm64", "os": "linux"}
 
 
 def test_assemble_index_refuses_empty() -> None:

@@ -72,7 +72,7 @@ def test_local_context_with_everything(context: Path) -> None:
     assert build.argv == (
         "buildah", *storage("vfs"), "build",
         "--isolation", "oci", "--runtime", "runc",
-        "--platform", "linux/arm64",
+        "--platform", "linux/arm64/v8",
         "--tls-verify=false",
         "--file", f"{context}/docker/Containerfile.prod",
         "--build-arg", "VERSION=1.2",
