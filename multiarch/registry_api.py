@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
-import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,6 +36,14 @@ from multiarch.ocispec import (
     sha256_digest,
 )
 from multiarch.references import ImageReference
+from multiarch.registry_access import (
+    auth_file_candidates,
+    cert_dir,
+    certs_dirs,
+    credentials_for,
+    is_loopback,
+    ssl_context,
+)
 
 # distribution spec, "Pulling manifests": the client lists every type it understands.
 MANIFEST_ACCEPT = ", ".join((MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST_LIST,
@@ -44,19 +51,23 @@ MANIFEST_ACCEPT = ", ".join((MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, DOCKER_MANIF
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 REQUEST_TIMEOUT_S = 30.0
 RETRY_DELAYS_S = (0.5, 1.0, 2.0)  # four attempts, 3.5 s of pauses at most
+MAX_RETRY_AFTER_S = 60.0  # a registry asking for a longer pause is answered with a failure
 T = TypeVar("T")
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
 class RegistryTransientError(TransientError):
-    """The registry or the network failed in a way that may pass (503, reset, timeout)."""
+    """The registry or the network failed in a way that may pass (503, reset, timeout);
+    `retry_after`: the pause the registry asked for (429/503 `Retry-After`), in seconds."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (str(self), self.status))
+        return (type(self), (str(self), self.status, self.retry_after))
 
 
 class RegistryUnreachableError(RegistryTransientError):
@@ -81,38 +92,6 @@ class Manifest:
     digest: str
     media_type: str
     body: bytes
-
-
-def auth_file_candidates(env: Mapping[str, str] | None = None) -> list[Path]:
-    """Where skopeo looks for credentials, in its order (containers-auth.json(5))."""
-    env = os.environ if env is None else env
-    home = Path(env.get("HOME", str(Path.home())))
-    found = []
-    if env.get("REGISTRY_AUTH_FILE"):
-        found.append(Path(env["REGISTRY_AUTH_FILE"]))
-    if env.get("XDG_RUNTIME_DIR"):
-        found.append(Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
-    config_home = Path(env.get("XDG_CONFIG_HOME", str(home / ".config")))
-    found += [config_home / "containers" / "auth.json", home / ".docker" / "config.json"]
-    return found
-
-
-def credentials_for(registry: str, files: list[Path]) -> tuple[str, str] | None:
-    """(user, password) of the first auth file with an `auths` entry for this registry.
-
-    Credential helpers (`credsStore`) are not consulted: the project's auth lives in files.
-    """
-    for path in files:
-        try:
-            auths = json.loads(path.read_text()).get("auths", {})
-        except (OSError, ValueError):
-            continue
-        for key, entry in auths.items():
-            host = re.sub(r"^https?://", "", key).split("/", 1)[0]
-            if host == registry and entry.get("auth"):
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-                return user, password
-    return None
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -140,7 +119,13 @@ def is_transient_answer(status: int, text: str) -> bool:
 
 @dataclass(kw_only=True)
 class RegistryClient:
-    """One registry: the scheme it speaks, its credentials, and tokens per scope."""
+    """One registry: the scheme it speaks, its trust and credentials, tokens per scope.
+
+    Trust and credentials come from multiarch.registry_access, the places skopeo reads.
+    `insecure`: TLS unverified, and plain HTTP when https does not answer. A loopback
+    registry (127.0.0.1, localhost) may speak plain HTTP without `insecure`, as Docker and
+    containers tools allow, but an https one is verified like any other.
+    """
 
     registry: str
     insecure: bool
@@ -157,9 +142,9 @@ class RegistryClient:
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
+            verify = False if self.insecure else ssl_context(self.registry)
             # trust_env=False: a proxy from the environment must not see registry traffic.
-            self._http = httpx.Client(verify=not self.insecure, timeout=self.timeout_s,
-                                      trust_env=False)
+            self._http = httpx.Client(verify=verify, timeout=self.timeout_s, trust_env=False)
         return self._http
 
     def request(self, method: str, path: str, *, scope: str, **kwargs: object) -> httpx.Response:
@@ -170,20 +155,24 @@ class RegistryClient:
         if response.status_code == 401 and "www-authenticate" in response.headers:
             self._auth_headers[scope] = self._authorise(response, scope=scope, what=what)
             response = self._send(method, url, scope=scope, what=what, **kwargs)
+            if response.status_code == 401:
+                raise self._not_granted(response, scope=scope, what=what)
         return response
 
     def scheme(self) -> str:
-        """https, or for an insecure registry whatever /v2/ answers on: https, then http."""
-        if self._scheme is None and not self.insecure:
+        """https; for an insecure or loopback registry whatever /v2/ answers on: https, then
+        plain http when nothing speaks TLS there (never when a certificate fails)."""
+        if self._scheme is None and not (self.insecure or is_loopback(self.registry)):
             self._scheme = "https"
         if self._scheme is None:
             try:
                 self.http.get(f"https://{self.registry}/v2/")
                 self._scheme = "https"
             except httpx.TransportError as exc:
-                if "refused" in str(exc).lower():
+                text = str(exc)
+                if "refused" in text.lower():
                     return "http"  # nothing listens (a restart?): probe again next time
-                self._scheme = "http"
+                self._scheme = "https" if "CERTIFICATE_VERIFY_FAILED" in text else "http"
         return self._scheme
 
     def _send(self, method: str, url: str, *, scope: str, what: str,
@@ -196,13 +185,16 @@ class RegistryClient:
         except httpx.TimeoutException as exc:
             raise RegistryTransientError(f"{what}: timed out ({exc})") from exc
         except httpx.ConnectError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise self._untrusted(what, exc) from exc
             raise RegistryUnreachableError(f"{what}: cannot connect: {exc}") from exc
         except httpx.TransportError as exc:
             raise RegistryTransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     def _authorise(self, response: httpx.Response, *, scope: str, what: str) -> str:
         kind, params = parse_challenge(response.headers["www-authenticate"])
-        credentials = credentials_for(self.registry, self.auth_files)
+        credentials = credentials_for(self.registry, self.auth_files,
+                                      repository=_repository_of(scope))
         if kind == "basic":
             if credentials is None:
                 raise self._no_credentials(what)
@@ -215,10 +207,23 @@ class RegistryClient:
                                    auth=credentials)  # type: ignore[arg-type]
         except httpx.TransportError as exc:
             raise RegistryTransientError(f"{what}: token request failed: {exc}") from exc
+        if answer.status_code == 401 and credentials is None:
+            raise self._no_credentials(what)
         if answer.status_code != 200:
-            raise failure(f"{what}: token request", answer)
+            raise failure(f"{what}: token request to {params['realm']}", answer)
         body = answer.json()
         return "Bearer " + (body.get("token") or body.get("access_token", ""))
+
+    def _not_granted(self, response: httpx.Response, *, scope: str,
+                     what: str) -> RegistryRefusedError:
+        """A second 401, with fresh credentials or token: they do not cover this call."""
+        _, params = parse_challenge(response.headers.get("www-authenticate", ""))
+        repository = _repository_of(scope) or "this registry"
+        actions = scope.rsplit(":", 1)[-1]
+        return RegistryRefusedError(
+            f"{what}: 401 {params.get('error') or 'unauthorized'}: the credentials for "
+            f"{self.registry} are not granted {actions} on repository {repository} "
+            f"(scope {scope}): ask for that access, or log in as a user who has it", 401)
 
     def _no_credentials(self, what: str) -> RegistryRefusedError:
         places = ", ".join(str(p) for p in self.auth_files)
@@ -226,13 +231,40 @@ class RegistryClient:
             f"{what}: 401 UNAUTHORIZED and no credentials for {self.registry} in {places}: "
             f"log in with `skopeo login {self.registry}`", 401)
 
+    def _untrusted(self, what: str, exc: Exception) -> RegistryRefusedError:
+        where = cert_dir(self.registry) or certs_dirs()[1] / self.registry
+        return RegistryRefusedError(
+            f"{what}: the TLS certificate of {self.registry} is not trusted ({exc}): put the "
+            f"CA that signed it in {where}/ca.crt (skopeo and buildah read it there too)")
+
+
+def _repository_of(scope: str) -> str | None:
+    """`repository:team/app:pull,push` -> `team/app`."""
+    kind, _, rest = scope.partition(":")
+    return rest.rsplit(":", 1)[0] if kind == "repository" and rest else None
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """`Retry-After` in seconds (RFC 9110: delay-seconds or an HTTP-date), None if absent."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
 
 def failure(what: str, response: httpx.Response) -> RegistryTransientError | RegistryRefusedError:
     """The exception for a registry answer that was not the one asked for."""
     text = answer_text(response)
-    kind = (RegistryTransientError if is_transient_answer(response.status_code, text)
-            else RegistryRefusedError)
-    return kind(f"{what}: {text}", response.status_code)
+    if is_transient_answer(response.status_code, text):
+        return RegistryTransientError(f"{what}: {text}", response.status_code,
+                                      retry_after_s(response))
+    return RegistryRefusedError(f"{what}: {text}", response.status_code)
 
 
 @contextmanager
@@ -249,7 +281,8 @@ def retrying(call: Callable[[], T], *, delays: Sequence[float] | None = None,
     """Call, retrying transient registry failures with growing pauses (bounded in total).
 
     A 500 may be a registry's passing hiccup, but one that repeats is its answer: the
-    second 500 is raised as permanent.
+    second 500 is raised as permanent. A `Retry-After` (429, 503) lengthens the pause to
+    what the registry asked, up to MAX_RETRY_AFTER_S; a longer request is its answer.
     """
     seen_500 = False
     for delay in (*(RETRY_DELAYS_S if delays is None else delays), None):
@@ -260,8 +293,13 @@ def retrying(call: Callable[[], T], *, delays: Sequence[float] | None = None,
                 raise RegistryRefusedError(f"{exc} (twice)", 500) from exc
             if delay is None:
                 raise
+            asked = exc.retry_after or 0.0
+            if asked > MAX_RETRY_AFTER_S:
+                raise RegistryTransientError(
+                    f"{exc} (the registry asks to wait {asked:.0f} s)", exc.status,
+                    asked) from exc
             seen_500 = seen_500 or exc.status == 500
-            sleep(delay)
+            sleep(max(delay, asked))
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -21,7 +21,6 @@ from multiarch.registry_api import (
     RegistryRefusedError,
     RegistryTransientError,
     answer_text,
-    auth_file_candidates,
     check_push_access,
     credentials_for,
     parse_challenge,
@@ -39,17 +38,6 @@ def auth_file(tmp_path: Path, key: str, user: str = "ci", password: str = "s3:cr
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     path.write_text(json.dumps({"auths": {key: {"auth": token}}}))
     return path
-
-
-def test_auth_files_are_searched_in_skopeos_order(tmp_path):
-    env = {"REGISTRY_AUTH_FILE": "/etc/a.json", "XDG_RUNTIME_DIR": "/run/user/7",
-           "HOME": "/home/u"}
-    assert auth_file_candidates(env) == [
-        Path("/etc/a.json"),
-        Path("/run/user/7/containers/auth.json"),
-        Path("/home/u/.config/containers/auth.json"),
-        Path("/home/u/.docker/config.json"),
-    ]
 
 
 @pytest.mark.parametrize("key", ["registry.example.com:5000", "https://registry.example.com:5000",
@@ -218,3 +206,64 @@ def test_registry_errors_survive_pickling_with_their_status():
     error = pickle.loads(pickle.dumps(RegistryTransientError("PUT x: 503", 503)))
     assert (str(error), error.status, isinstance(error, TransientError)) == ("PUT x: 503", 503,
                                                                              True)
+
+
+def test_a_retry_after_lengthens_the_pause_to_what_the_registry_asked():
+    pauses: list[float] = []
+    answers = [RegistryTransientError("GET x: 429", 429, retry_after=7.0), "done"]
+
+    def call() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert retrying(call, sleep=pauses.append) == "done"
+    assert pauses == [7.0]
+
+
+def test_a_retry_after_longer_than_a_minute_is_the_registrys_answer():
+    pauses: list[float] = []
+
+    def call() -> None:
+        raise RegistryTransientError("GET x: 429", 429, retry_after=3600.0)
+
+    with pytest.raises(RegistryTransientError, match="asks to wait 3600 s"):
+        retrying(call, sleep=pauses.append)
+    assert pauses == []
+
+
+@pytest.mark.parametrize(("header", "seconds"), [("12", 12.0), ("Wed, 21 Oct 2015 07:28:00 GMT",
+                                                                0.0), ("soon", None)])
+def test_a_429s_retry_after_is_read_as_seconds_or_a_date(token_registry, header, seconds):
+    client, _ = token_registry
+
+    def limited(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": header},
+                              json={"errors": [{"code": "TOOMANYREQUESTS", "message": "slow"}]})
+
+    client._http = httpx.Client(transport=httpx.MockTransport(limited))
+    with pytest.raises(RegistryTransientError) as caught:
+        read_manifest(client, "team/app", "v1")
+    assert caught.value.retry_after == seconds
+
+
+def test_a_token_without_the_scope_names_the_repository_and_the_scope(tmp_path):
+    """A second 401 after a fresh token: the token server granted less than asked."""
+    def stingy(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            return httpx.Response(200, json={"token": "PULL-ONLY"})
+        challenge = ('Bearer realm="https://reg.example/token",service="reg.example",'
+                     'scope="repository:other/app:pull,push",error="insufficient_scope"')
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    client = RegistryClient(registry="reg.example", insecure=False,
+                            auth_files=[auth_file(tmp_path, "reg.example")])
+    client._http = httpx.Client(transport=httpx.MockTransport(stingy))
+    with pytest.raises(RegistryRefusedError) as caught:
+        put_manifest(client, "other/app", "v1", body=INDEX,
+                     media_type="application/vnd.oci.image.index.v1+json")
+    message = str(caught.value)
+    assert "insufficient_scope" in message
+    assert "not granted pull,push on repository other/app" in message
+    assert "\n" not in message
