@@ -15,7 +15,9 @@ or a registry that skopeo pushes to would fail here with CERTIFICATE_VERIFY_FAIL
   XDG_RUNTIME_DIR: where `skopeo login` as root writes), `$XDG_CONFIG_HOME/containers/
   auth.json`, `$DOCKER_CONFIG/config.json` (or `~/.docker/config.json`), `~/.dockercfg`.
   In each file a `credHelpers` entry for the registry wins, then the most specific `auths`
-  key (`host/ns/repo`, then `host/ns`, then `host`), then the file's `credsStore`.
+  key (`host/ns/repo`, then `host/ns`, then `host`). A `credsStore` (Docker's default
+  helper) is read by Docker only, not by skopeo 1.9 or buildah (measured): credentials
+  found only there are refused with the `credHelpers` line that makes all tools agree.
 
 Credential helpers are Docker's protocol: `docker-credential-NAME get` with the server on
 stdin, JSON `{"Username", "Secret"}` on stdout. Their answers and the passwords read here
@@ -123,11 +125,12 @@ def auth_files(env: Mapping[str, str] | None = None) -> list[AuthFile]:
     if env.get("REGISTRY_AUTH_FILE"):
         return [AuthFile(path=Path(env["REGISTRY_AUTH_FILE"]))]
     home = _home(env)
-    runtime = (Path(env["XDG_RUNTIME_DIR"]) if env.get("XDG_RUNTIME_DIR")
-               else Path("/run/containers") / str(os.getuid()))
+    primary = (Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json"
+               if env.get("XDG_RUNTIME_DIR")
+               else Path("/run/containers") / str(os.getuid()) / "auth.json")
     config_home = Path(env.get("XDG_CONFIG_HOME") or str(home / ".config"))
     docker = Path(env["DOCKER_CONFIG"]) if env.get("DOCKER_CONFIG") else home / ".docker"
-    return [AuthFile(path=runtime / "containers" / "auth.json"),
+    return [AuthFile(path=primary),
             AuthFile(path=config_home / "containers" / "auth.json"),
             AuthFile(path=docker / "config.json"),
             AuthFile(path=home / ".dockercfg", legacy=True)]
@@ -197,8 +200,12 @@ def credentials_in(entry: AuthFile, registry: str,
             if key in auths and (found := _decode(auths[key])) is not None:
                 return found
     store = data.get("credsStore")
-    if isinstance(store, str) and store:
-        return helper_credentials(store, registry, origin=entry.path, missing_ok=True)
+    if isinstance(store, str) and store and helper_credentials(
+            store, registry, origin=entry.path, missing_ok=True) is not None:
+        raise ConfigurationError(
+            f"{entry.path}: the credentials for {registry} are in credsStore {store!r}, "
+            "which skopeo and buildah do not read (they would push without them): add "
+            f'"credHelpers": {{"{registry}": "{store}"}} to that file, the same helper for all')
     return None
 
 

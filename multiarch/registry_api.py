@@ -201,7 +201,8 @@ class RegistryClient:
             return "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
         if kind != "bearer" or "realm" not in params:
             raise RegistryRefusedError(f"{what}: unsupported auth challenge {kind!r}", 401)
-        query = {"service": params.get("service", ""), "scope": scope}
+        # the challenge names what this call needs (a DELETE needs `delete`): ask for that
+        query = {"service": params.get("service", ""), "scope": params.get("scope") or scope}
         try:
             answer = self.http.get(params["realm"], params=query,
                                    auth=credentials)  # type: ignore[arg-type]
@@ -218,6 +219,7 @@ class RegistryClient:
                      what: str) -> RegistryRefusedError:
         """A second 401, with fresh credentials or token: they do not cover this call."""
         _, params = parse_challenge(response.headers.get("www-authenticate", ""))
+        scope = params.get("scope") or scope
         repository = _repository_of(scope) or "this registry"
         actions = scope.rsplit(":", 1)[-1]
         return RegistryRefusedError(
@@ -384,6 +386,7 @@ def _cancel_upload(client: RegistryClient, response: httpx.Response, *, scope: s
     location = response.headers.get("location", "")
     if location:
         url = str(response.url.join(location))
-        # an unfinished upload session left behind expires on its own (upload purging)
-        with contextlib.suppress(TransientError):
+        # an unfinished upload session left behind expires on its own (upload purging);
+        # cancelling may need `delete`, which a push-only token lacks
+        with contextlib.suppress(TransientError, RegistryRefusedError):
             client.request("DELETE", url, scope=scope)

@@ -127,8 +127,9 @@ class TokenRegistry:
             self.token_requests.append(request)
             return httpx.Response(200, json={"token": "T0K"})
         if request.headers.get("authorization") != "Bearer T0K":
+            actions = "pull" if request.method == "GET" else "pull,push"
             challenge = ('Bearer realm="https://reg.example/token",service="reg.example",'
-                         'scope="repository:team/app:pull"')
+                         f'scope="repository:team/app:{actions}"')
             return httpx.Response(401, headers={"WWW-Authenticate": challenge},
                                   json={"errors": [{"code": "UNAUTHORIZED", "message": "no"}]})
         tag = request.url.path.rsplit("/", 1)[1]
