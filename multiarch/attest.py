@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -104,16 +104,19 @@ def attach_supply_chain(client: RegistryClient, image: ImageReference, *, index:
             manifest = _manifest(client, image, built.digest)
             subject = str(built.platform)
             if plan.sbom:
-                document = platform_sbom(built, image=image, plan=plan, insecure=insecure,
-                                         emit=emit, subject=json.loads(manifest.body))
-                attached.append(_attach(client, image, manifest, subject=subject, kind="sbom",
-                                        artifact_type=sbom.SBOM_MEDIA_TYPE, blob=document))
+                attached.append(_kept(client, image, manifest, subject=subject, kind="sbom",
+                                      artifact_type=sbom.SBOM_MEDIA_TYPE) or _attach(
+                    client, image, manifest, subject=subject, kind="sbom",
+                    artifact_type=sbom.SBOM_MEDIA_TYPE,
+                    blob=platform_sbom(built, image=image, plan=plan, insecure=insecure,
+                                       emit=emit, subject=json.loads(manifest.body))))
             if plan.provenance is not None:
-                statement = provenance.statement(plan.provenance, built,
-                                                 json.loads(manifest.body))
-                attached.append(_attach(
+                attached.append(_kept(
                     client, image, manifest, subject=subject, kind="provenance",
-                    artifact_type=provenance.PROVENANCE_ARTIFACT_TYPE, blob=statement,
+                    artifact_type=provenance.PROVENANCE_ARTIFACT_TYPE) or _attach(
+                    client, image, manifest, subject=subject, kind="provenance",
+                    artifact_type=provenance.PROVENANCE_ARTIFACT_TYPE,
+                    blob=provenance.statement(plan.provenance, built, json.loads(manifest.body)),
                     annotations={provenance.PREDICATE_ANNOTATION: provenance.PREDICATE_TYPE}))
             if ring is not None:
                 attached.append(sign_manifest(client, image, manifest, ring, subject=subject,
@@ -152,6 +155,27 @@ def _manifest(client: RegistryClient, image: ImageReference, digest: str) -> Man
     return found
 
 
+def _kept(client: RegistryClient, image: ImageReference, subject_manifest: Manifest, *,
+          subject: str, kind: Literal["sbom", "provenance", "signature"], artifact_type: str,
+          signed_by: signing.Keyring | None = None, identity: str = "") -> Attestation | None:
+    """The attestation (or this key's signature for `identity`) already attached to these
+    exact bytes, if any: publishing the same digest again (a reproducible rebuild) keeps it
+    rather than adding a second one (an SBOM or provenance of the same bytes, from a run
+    that differs only in its clock)."""
+    for referrer in referrers.list_referrers(client, image.repository, subject_manifest.digest,
+                                             artifact_type=artifact_type):
+        if signed_by is not None and (
+                referrer.annotations.get(signing.FINGERPRINT_ANNOTATION) != signed_by.fingerprint
+                or referrer.annotations.get(signing.IDENTITY_ANNOTATION) != identity):
+            continue
+        blob = referrers.fetch_artifact(client, image.repository, referrer)
+        if signed_by is not None and signed_by.verify(subject_manifest.body, identity, blob):
+            continue  # a signature that does not verify is not kept: sign again
+        return Attestation(subject=subject, kind=kind, digest=referrer.digest,
+                           subject_digest=subject_manifest.digest, size=len(blob))
+    return None
+
+
 def _attach(client: RegistryClient, image: ImageReference, subject_manifest: Manifest, *,
             subject: str, kind: str, artifact_type: str, blob: bytes,
             annotations: dict[str, str] | None = None) -> Attestation:
@@ -164,6 +188,11 @@ def _attach(client: RegistryClient, image: ImageReference, subject_manifest: Man
 
 def sign_manifest(client: RegistryClient, image: ImageReference, manifest: Manifest,
                   ring: signing.Keyring, *, subject: str, identity: str) -> Attestation:
+    kept = _kept(client, image, manifest, subject=subject, kind="signature",
+                 artifact_type=signing.SIGNATURE_ARTIFACT_TYPE, signed_by=ring,
+                 identity=identity)
+    if kept is not None:
+        return kept
     signature = ring.sign(manifest.body, identity)
     referrer = referrers.attach(
         client, image.repository, subject=manifest,

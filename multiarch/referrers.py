@@ -7,12 +7,14 @@ never change, so the tag a user pulls is untouched; and unlike `unknown/unknown`
 inside the index, old clients and registry UIs never see the artifacts.
 
 Registries with the referrers API index the `subject` themselves and say so with an
-`OCI-Subject` header on the manifest PUT. Registries without it (Debian's
-docker-registry 2.8) get the distribution-spec v1.1 fallback: the client keeps an OCI
-image index under the tag `sha256-<hex of the subject digest>`, one descriptor per
-referrer, carrying its `artifactType` and its manifest's `annotations`. Listing reads the
-API first and that tag when the API answers 404 (or answers something that is not an
-index).
+`OCI-Subject` header on the manifest PUT. Registries that send no such header (Debian's
+docker-registry 2.8 has no API; go-containerregistry's has one but sends no header) get
+the distribution-spec v1.1 fallback: the client keeps an OCI image index under the tag
+`sha256-<hex of the subject digest>`, one descriptor per referrer, carrying its
+`artifactType` and its manifest's `annotations`. So which one is used is decided by the
+registry's answer, never guessed, and listing reads both, each referrer once. A listing
+entry without an `artifactType`, or with the empty config's type, is resolved from the
+artifact's own manifest.
 
 The fallback tag is a read-modify-write with no lock on the registry's side (2.8 has no
 conditional PUT). That is safe here because the project serialises publishes of one
@@ -325,17 +327,42 @@ def _from_tag(client: RegistryClient, repository: str, subject_digest: str) -> l
     return parse_referrers(current.body) or []
 
 
+def _merged(*listings: list[Referrer]) -> list[Referrer]:
+    """Every referrer once, by digest, in the order first listed."""
+    seen: dict[str, Referrer] = {}
+    for listing in listings:
+        for referrer in listing:
+            seen.setdefault(referrer.digest, referrer)
+    return list(seen.values())
+
+
+def _stated_type(client: RegistryClient, repository: str, referrer: Referrer) -> Referrer:
+    """The referrer with its manifest's own `artifactType` when the listing gives none or
+    the empty config's type (which no artifact is: go-containerregistry's registry lists
+    the config media type there)."""
+    if referrer.artifact_type not in ("", MEDIA_TYPE_EMPTY):
+        return referrer
+    manifest = json.loads(artifact_manifest(client, repository, referrer).body)
+    stated = manifest.get("artifactType") or manifest.get("config", {}).get("mediaType", "")
+    annotations = {**(manifest.get("annotations") or {}), **referrer.annotations}
+    return Referrer(digest=referrer.digest, artifact_type=str(stated), size=referrer.size,
+                    annotations={str(k): str(v) for k, v in annotations.items()})
+
+
 def list_referrers(client: RegistryClient, repository: str, subject_digest: str, *,
                    artifact_type: str | None = None) -> list[Referrer]:
     """Every artifact attached to `subject_digest`, of `artifact_type` when given.
 
-    The filter is applied here too: the spec lets a registry ignore it.
+    Both places are read: the API (where there is one) and the fallback tag, which attach
+    writes whenever a registry does not answer `OCI-Subject`, API or not. The filter is
+    applied here too: the spec lets a registry ignore it, and a listing's type may be wrong.
     """
     referrers_tag(subject_digest)  # a malformed digest fails here, not as a registry 400
 
     def listing() -> list[Referrer]:
-        found = _from_api(client, repository, subject_digest, artifact_type)
-        return found if found is not None else _from_tag(client, repository, subject_digest)
+        found = _from_api(client, repository, subject_digest, None) or []
+        found = _merged(found, _from_tag(client, repository, subject_digest))
+        return [_stated_type(client, repository, r) for r in found]
 
     found = retrying(listing)
     return [r for r in found if artifact_type is None or r.artifact_type == artifact_type]

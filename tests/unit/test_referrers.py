@@ -139,6 +139,9 @@ class FakeRegistry:
 
     api: bool
     page: int = 1
+    # go-containerregistry's registry: an API, but no OCI-Subject header, and the config's
+    # media type listed as every referrer's artifactType
+    like_ggcr: bool = False
     blobs: dict[str, bytes] = field(default_factory=dict)
     manifests: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     seen: list[str] = field(default_factory=list)
@@ -172,7 +175,7 @@ class FakeRegistry:
             self.manifests[reference] = (body, request.headers["content-type"])
             headers = {"Docker-Content-Digest": sha256_digest(body)}
             subject = json.loads(body).get("subject")
-            if self.api and subject:
+            if self.api and subject and not self.like_ggcr:
                 headers["OCI-Subject"] = subject["digest"]
             return httpx.Response(201, headers=headers)
         if reference not in self.manifests:
@@ -183,6 +186,8 @@ class FakeRegistry:
     def referrers(self, request: httpx.Request, digest: str) -> httpx.Response:
         entries = [referrer_descriptor(body) for body, _ in self.manifests.values()
                    if (json.loads(body).get("subject") or {}).get("digest") == digest]
+        if self.like_ggcr:
+            entries = [{**e, "artifactType": MEDIA_TYPE_EMPTY} for e in entries]
         entries.sort(key=lambda e: e["digest"])
         start = int(request.url.params.get("after", 0))
         headers = {"Content-Type": MEDIA_TYPE_INDEX}
@@ -226,6 +231,18 @@ def test_without_the_api_the_tag_lists_and_a_second_attach_uploads_nothing():
     assert not [call for call in registry.seen if call.startswith("POST")]
     assert f"PUT /v2/team/app/manifests/{referrers_tag(SUBJECT.digest)}" not in registry.seen
     assert list_referrers(client, "team/app", SUBJECT.digest) == [first]
+
+
+def test_an_api_without_oci_subject_gets_the_tag_and_misstated_types_are_read_back():
+    registry = FakeRegistry(api=True, like_ggcr=True)
+    client = client_for(registry)
+    sbom = attach(client, "team/app", subject=SUBJECT, artifact_type=SPDX, blob=b"sbom",
+                  blob_media_type=SPDX)
+    assert referrers_tag(SUBJECT.digest) in registry.manifests  # no OCI-Subject: fallback
+    # the API lists it with the empty config's type, the tag with the right one: once
+    assert list_referrers(client, "team/app", SUBJECT.digest, artifact_type=SPDX) == [sbom]
+    del registry.manifests[referrers_tag(SUBJECT.digest)]  # the API listing alone
+    assert list_referrers(client, "team/app", SUBJECT.digest, artifact_type=SPDX) == [sbom]
 
 
 def test_a_referrers_tag_that_holds_an_image_is_not_overwritten():
