@@ -453,7 +453,9 @@ def test_every_manifest_validates_against_the_official_schema(version):
                 if kube.get("security") != "minimal" or minor >= MINIMAL_SINCE]
     manifests = [manifest_for(platform, **kube) for platform, kube in variants]
     manifests += [publish_manifest(), publish_manifest(registry_secret="reg", security="minimal"),
-                  publish_manifest(signing_key_secret="signing")]
+                  publish_manifest(signing_key_secret="signing"),
+                  publish_manifest(registry_ca_configmap="registry-ca"),
+                  manifest_for("linux/arm64", registry_ca_configmap="registry-ca")]
     owner = owner_reference(name="flow-run-job", uid="0b9c-uid")
     manifests.append(platform_job(request(), SOURCE, Platform.parse("linux/arm64"), run_id="r",
                                   flow_run_id="f", attempt="a1b2", owner=owner))
@@ -471,3 +473,17 @@ def test_the_publish_pod_is_told_the_index_format():
                                  result_file="/dev/termination-log")
         spec = PublishSpec.model_validate_json(step.argv[step.argv.index("--spec") + 1])
         assert spec.index_format == wanted
+
+
+def test_the_registry_ca_from_a_configmap_is_where_every_step_reads_it():
+    """containers-certs.d(5): skopeo, buildah and our publish step all look there."""
+    spec = manifest_for("linux/arm64", registry_ca_configmap="registry-ca")["spec"]["template"][
+        "spec"]
+    assert {"name": "registry-ca", "configMap": {
+        "name": "registry-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}} in spec["volumes"]
+    for step in [*spec.get("initContainers", []), *spec["containers"]]:
+        assert {"name": "registry-ca", "readOnly": True,
+                "mountPath": "/etc/containers/certs.d/registry.example.com"} in step[
+                    "volumeMounts"], step["name"]
+    plain = manifest_for("linux/arm64")["spec"]["template"]["spec"]
+    assert not [v for v in plain["volumes"] if v["name"] == "registry-ca"]

@@ -38,6 +38,9 @@ STORAGE_MOUNT = "/var/lib/multiarch/storage"
 REGISTRY_AUTH_MOUNT = "/run/multiarch/registry-auth"
 REGISTRY_AUTH_FILE = f"{REGISTRY_AUTH_MOUNT}/.dockerconfigjson"
 SIGNING_KEY_MOUNT = "/run/multiarch/signing"
+# containers-certs.d(5): where skopeo, buildah and multiarch.registry_access look for a CA
+CERTS_D = "/etc/containers/certs.d"
+REGISTRY_CA_KEY = "ca.crt"
 SIGNING_KEY_NAME = "signing.key"
 SIGNING_KEY_FILE = f"{SIGNING_KEY_MOUNT}/{SIGNING_KEY_NAME}"
 PUBLISH_STEP = "publish"
@@ -211,6 +214,11 @@ def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool,
             "items": [{"key": GIT_CREDENTIALS_KEY, "path": GIT_CREDENTIALS_KEY}],
             "defaultMode": 0o400,
         }})
+    if options.registry_ca_configmap:
+        volumes.append({"name": "registry-ca", "configMap": {
+            "name": options.registry_ca_configmap,
+            "items": [{"key": REGISTRY_CA_KEY, "path": REGISTRY_CA_KEY}],
+        }})
     if with_signing_key and options.signing_key_secret:
         volumes.append({"name": "signing-key", "secret": {
             "secretName": options.signing_key_secret,
@@ -220,12 +228,16 @@ def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool,
     return volumes
 
 
-def _mounts(options: KubernetesOptions, *, shared: bool = True) -> list[dict[str, Any]]:
+def _mounts(options: KubernetesOptions, *, shared: bool = True,
+            registry: str | None = None) -> list[dict[str, Any]]:
     mounts = [
         *([{"name": "shared", "mountPath": SHARED_MOUNT}] if shared else []),
         {"name": "workspace", "mountPath": WORKSPACE_MOUNT},
         {"name": "storage", "mountPath": STORAGE_MOUNT},
     ]
+    if options.registry_ca_configmap and registry:
+        mounts.append({"name": "registry-ca", "mountPath": f"{CERTS_D}/{registry}",
+                       "readOnly": True})
     return mounts
 
 
@@ -234,16 +246,16 @@ def job_manifest(
     name_prefix: str, timeout_s: int, selector: Mapping[str, str] | None,
     tolerations: Sequence[Mapping[str, Any]] = (), resources: Mapping[str, Any] | None = None,
     push_steps: Sequence[str] = (), shared: bool = True,
-    owner: Mapping[str, str] | None = None,
+    owner: Mapping[str, str] | None = None, registry: str | None = None,
 ) -> dict[str, Any]:
     """One Job running `steps` in order; only the steps named in `push_steps` see registry
     credentials, only the fetch step git credentials and only the publish step the signing
-    key (as mounted files, never a value).
+    key (as mounted files, never a value). Every step trusts the CA of `registry`.
     `shared`: mount the shared handoff volume (not needed by the registry handoff).
     `owner`: an `owner_reference`, set when the flow runs in a pod of the same namespace."""
     if not steps:
         raise ValueError("a Job needs at least one step")
-    mounts = _mounts(options, shared=shared)
+    mounts = _mounts(options, shared=shared, registry=registry)
     containers = []
     fetches = any(step.name == FETCH_STEP for step in steps)
     for step in steps:
@@ -328,6 +340,7 @@ def build_job(steps: Sequence[Step], *, platform: Platform, options: KubernetesO
                      *node_lost_tolerations(options, given=placement.tolerations)],
         resources=placement.resources, shared=shared, owner=owner,
         push_steps=(*(() if shared else ("push",)), *(("build",) if cache == "registry" else ())),
+        registry=registry_of(image_name),
     )
 
 
@@ -341,8 +354,13 @@ def publish_job(step: Step, *, options: KubernetesOptions, flow_run_id: str, ima
                           platform=None, attempt=attempt),
         name_prefix=generate_name(image_name, "publish"), timeout_s=timeout_s,
         selector=selector, tolerations=node_lost_tolerations(options),
-        push_steps=(step.name,), shared=shared, owner=owner,
+        push_steps=(step.name,), shared=shared, owner=owner, registry=registry_of(image_name),
     )
+
+
+def registry_of(image_name: str) -> str:
+    """`reg.example:5000/team/app` -> `reg.example:5000` (image names here are qualified)."""
+    return image_name.split("/", 1)[0]
 
 
 def platform_job(request: BuildRequest, source: PinnedSource, platform: Platform, *,

@@ -78,6 +78,12 @@ class KubernetesOptions(BaseModel):
         None,
         description="Secret (kubernetes.io/dockerconfigjson) mounted only into the push step.",
     )
+    registry_ca_configmap: str | None = Field(
+        None,
+        description="ConfigMap whose key `ca.crt` (the PEM CA of the image's registry) is "
+        "mounted into every step as /etc/containers/certs.d/REGISTRY/ca.crt, where skopeo, "
+        "buildah and the publish step all read it (not a secret: a ConfigMap, any step).",
+    )
     git_credentials_secret: str | None = Field(
         None,
         description="Secret whose key `.git-credentials` (git-credential-store lines, "
@@ -133,11 +139,12 @@ class KubernetesOptions(BaseModel):
             raise ValueError(f"{value!r} is not a valid Kubernetes name (lowercase DNS label)")
         return value
 
-    @field_validator("registry_secret", "git_credentials_secret", "signing_key_secret")
+    @field_validator("registry_secret", "git_credentials_secret", "signing_key_secret",
+                     "registry_ca_configmap")
     @classmethod
     def _secret_name(cls, value: str | None) -> str | None:
         if value is not None and (not DNS_LABEL_RE.match(value) or len(value) > 63):
-            raise ValueError(f"{value!r} is not a valid Secret name")
+            raise ValueError(f"{value!r} is not a valid Secret or ConfigMap name")
         return value
 
     @field_validator("placements")
