@@ -1,9 +1,12 @@
-"""Which base images a Containerfile builds FROM, without building it.
+"""Which images a Containerfile builds from, without building it.
 
 Scheduled rebuilds exist to pick up fixed base images; to know whether a base moved, we
-must know the bases. This reads FROM lines the way buildah does for that purpose: line
-continuations, global ARGs (before the first FROM) with build-arg overrides, `--platform`
-flags, stage aliases (`FROM builder` is not a base) and `scratch` (no base at all).
+must know the bases. This reads the Containerfile the way buildah does for that purpose:
+line continuations, heredoc bodies (`RUN <<EOF` ... `EOF`: not instructions), global ARGs
+(before the first FROM) with build-arg overrides, `--platform` flags, stage aliases
+(`FROM builder` is not a base) and `scratch` (no base at all). An image is a base wherever
+it is named: `FROM`, `COPY --from=IMAGE` and `RUN --mount=...,from=IMAGE` (a stage name
+or number there is not one).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass
 # An ARG name (and so a build arg's): what buildah accepts after `ARG`.
 BUILD_ARG_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# `<<EOF`, `<<-EOF`, `<<"EOF"`, `<<'EOF'`: the body runs until a line that is the word
+_HEREDOC = re.compile(r"<<-?([\"']?)([A-Za-z_][A-Za-z0-9_]*)\1")
 _ARG_REF = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}"
                       r"|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
 
@@ -29,8 +34,13 @@ def instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuations joined, comments dropped."""
     result: list[tuple[str, str]] = []
     pending = ""
+    heredoc_ends: list[str] = []
     for raw in text.splitlines():
         line = raw.strip()
+        if heredoc_ends:
+            if line == heredoc_ends[0]:
+                heredoc_ends.pop(0)
+            continue
         if not pending and (not line or line.startswith("#")):
             continue
         if line.endswith("\\"):
@@ -40,6 +50,8 @@ def instructions(text: str) -> list[tuple[str, str]]:
         pending = ""
         keyword, _, rest = line.partition(" ")
         result.append((keyword.upper(), rest.strip()))
+        if keyword.upper() in ("RUN", "COPY", "ADD"):
+            heredoc_ends = [m.group(2) for m in _HEREDOC.finditer(rest)]
     if pending.strip():
         keyword, _, rest = pending.strip().partition(" ")
         result.append((keyword.upper(), rest.strip()))
@@ -56,15 +68,19 @@ def substitute(value: str, variables: Mapping[str, str]) -> str:
     return _ARG_REF.sub(replace, value)
 
 
+def _global_arg(rest: str, build_args: Mapping[str, str]) -> tuple[str, str]:
+    """`ARG NAME=default` before the first FROM: its value, a build arg winning."""
+    name, _, default = rest.partition("=")
+    return name.strip(), build_args.get(name.strip(), default.strip().strip("\"'"))
+
+
 def stages(text: str, build_args: Mapping[str, str]) -> list[Stage]:
     """Every FROM, with global ARGs (and their build-arg overrides) substituted."""
     global_args: dict[str, str] = {}
     found: list[Stage] = []
     for keyword, rest in instructions(text):
         if keyword == "ARG" and not found:
-            name, _, default = rest.partition("=")
-            name = name.strip()
-            global_args[name] = build_args.get(name, default.strip().strip("\"'"))
+            global_args.update([_global_arg(rest, build_args)])
         elif keyword == "FROM":
             words = [w for w in rest.split() if not w.startswith("--")]
             if not words:
@@ -74,16 +90,60 @@ def stages(text: str, build_args: Mapping[str, str]) -> list[Stage]:
     return found
 
 
+def _flag_values(rest: str) -> list[tuple[str, str]]:
+    """The leading `--name=value` flags of an instruction's arguments."""
+    flags = []
+    for word in rest.split():
+        if not word.startswith("--"):
+            break
+        name, _, value = word[2:].partition("=")
+        flags.append((name.lower(), value))
+    return flags
+
+
+def _named_images(keyword: str, rest: str) -> list[str]:
+    """What `COPY --from=` or a `RUN --mount=...,from=` names (an image or a stage)."""
+    flags = _flag_values(rest)
+    if keyword in ("COPY", "ADD"):
+        return [value for name, value in flags if name == "from" and value]
+    if keyword != "RUN":
+        return []
+    named = []
+    for name, value in flags:
+        if name == "mount":
+            fields = dict(part.partition("=")[::2] for part in value.split(","))
+            if fields.get("from"):
+                named.append(fields["from"])
+    return named
+
+
 def base_images(text: str, build_args: Mapping[str, str]) -> list[str]:
-    """External images the build pulls, in order, without repeats."""
+    """External images the build pulls (FROM, COPY --from, RUN --mount from), in order,
+    without repeats."""
+    global_args: dict[str, str] = {}
     aliases: set[str] = set()
+    stage_count = 0
     bases: list[str] = []
-    for stage in stages(text, build_args):
-        name = stage.base
-        if name.lower() != "scratch" and name.lower() not in aliases and name not in bases:
+
+    def add(name: str) -> None:
+        if (name and name.lower() != "scratch" and name.lower() not in aliases
+                and not name.isdigit() and name not in bases):
             bases.append(name)
-        if stage.alias:
-            aliases.add(stage.alias.lower())
+
+    for keyword, rest in instructions(text):
+        if keyword == "ARG" and not stage_count:
+            global_args.update([_global_arg(rest, build_args)])
+        elif keyword == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            if not words:
+                continue
+            stage_count += 1
+            add(substitute(words[0], global_args))
+            if len(words) >= 3 and words[1].upper() == "AS":
+                aliases.add(words[2].lower())
+        else:
+            for named in _named_images(keyword, rest):
+                add(substitute(named, {**global_args, **build_args}))
     return bases
 
 
