@@ -32,10 +32,16 @@ class Stage:
 
 def instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuations joined, comments dropped."""
-    result: list[tuple[str, str]] = []
-    pending = ""
+    return [(keyword, rest) for _, keyword, rest in numbered_instructions(text)]
+
+
+def numbered_instructions(text: str) -> list[tuple[int, str, str]]:
+    """(first line number, INSTRUCTION, arguments): continuations joined, comments and
+    heredoc bodies dropped."""
+    result: list[tuple[int, str, str]] = []
+    pending, first = "", 0
     heredoc_ends: list[str] = []
-    for raw in text.splitlines():
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if heredoc_ends:
             if line == heredoc_ends[0]:
@@ -43,18 +49,18 @@ def instructions(text: str) -> list[tuple[str, str]]:
             continue
         if not pending and (not line or line.startswith("#")):
             continue
+        first = first or number
         if line.endswith("\\"):
             pending += line[:-1] + " "
             continue
-        line = pending + line
-        pending = ""
-        keyword, _, rest = line.partition(" ")
-        result.append((keyword.upper(), rest.strip()))
+        keyword, _, rest = (pending + line).partition(" ")
+        result.append((first, keyword.upper(), rest.strip()))
+        pending, first = "", 0
         if keyword.upper() in ("RUN", "COPY", "ADD"):
             heredoc_ends = [m.group(2) for m in _HEREDOC.finditer(rest)]
     if pending.strip():
         keyword, _, rest = pending.strip().partition(" ")
-        result.append((keyword.upper(), rest.strip()))
+        result.append((first, keyword.upper(), rest.strip()))
     return result
 
 

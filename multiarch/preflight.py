@@ -14,6 +14,7 @@ import shutil
 import threading
 from pathlib import Path
 
+from multiarch.buildah_features import check_supported, local_buildah_version
 from multiarch.cache_checks import check_cache_access, check_cache_use
 from multiarch.containerfile import stages
 from multiarch.errors import ConfigurationError, TransientError
@@ -38,6 +39,7 @@ def preflight_request(request: BuildRequest, source: PinnedSource | None = None)
     """
     notes = [*check_directories(request)]
     notes += check_target(request, source)
+    notes += check_buildah_features(request, source)
     notes += check_registry(request)
     notes += check_cache_access(request) + check_cache_use(request, source)
     notes += check_signing_file(request)
@@ -114,11 +116,9 @@ def check_target(request: BuildRequest, source: PinnedSource | None) -> list[str
     """`--target` names a stage of the Containerfile (buildah says so only mid-build)."""
     if request.target is None:
         return []
-    if source is None:
-        if request.is_git:
-            return ["target: checked once the git source is pinned"]
-        source = PinnedSource(kind="local", location=str(Path(request.context).resolve()))
-    text = read_containerfile(request, source)
+    text = _containerfile(request, source)
+    if text is None:
+        return ["target: checked once the git source is pinned"]
     names = [stage.alias for stage in stages(text, request.build_args) if stage.alias]
     if request.target.lower() not in {name.lower() for name in names}:
         known = f"its stages: {', '.join(names)}" if names else "it names no stage"
@@ -127,6 +127,31 @@ def check_target(request: BuildRequest, source: PinnedSource | None) -> list[str
             "FROM ... AS NAME): name one of them, or drop --target to build the last stage"
         )
     return [f"target: stage {request.target} found"]
+
+
+def check_buildah_features(request: BuildRequest, source: PinnedSource | None) -> list[str]:
+    """Every Containerfile line uses only what the builder's buildah has (buildah would
+    fail mid-build on each platform, or ignore a `COPY --exclude`).
+
+    The local runner's buildah is asked; Kubernetes pods run the builder image's, which
+    this machine cannot ask before the Job starts.
+    """
+    if request.runner.kind != "local":
+        return []
+    text = _containerfile(request, source)
+    if text is None:
+        return ["file: checked once the git source is pinned"]
+    return [check_supported(text, local_buildah_version(),
+                            path=request.containerfile or "Containerfile")]
+
+
+def _containerfile(request: BuildRequest, source: PinnedSource | None) -> str | None:
+    """The Containerfile's text; None for a git context before its source is pinned."""
+    if source is None:
+        if request.is_git:
+            return None
+        source = PinnedSource(kind="local", location=str(Path(request.context).resolve()))
+    return read_containerfile(request, source)
 
 
 def check_registry(request: BuildRequest) -> list[str]:

@@ -1,0 +1,105 @@
+"""Containerfile syntax the builder's buildah does not have, refused before any build.
+
+A buildah too old for a line fails only when the build reaches it, on every platform, and
+not always clearly (buildah 1.28 reads `COPY <<EOF /f` as a file named `<<EOF`), or worse
+ignores it: 1.39's `COPY --exclude` keeps files BuildKit would exclude, so an image would
+ship what its author excluded. So each line is checked against the version that will run
+the build, and the refusal names the line and the buildah release that has the feature.
+
+Versions: heredocs came in buildah 1.35, `COPY --parents` in 1.40, `COPY/ADD --link` in
+1.41 (buildah's changelog); `ADD --checksum` and `RUN --network` are refused by 1.28 and
+work in 1.39 (Debian 13), measured here, so 1.39 is the release named for them.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from multiarch.containerfile import numbered_instructions
+from multiarch.errors import ConfigurationError
+from multiarch.process import capture
+
+Version = tuple[int, int, int]
+_VERSION = re.compile(r"buildah version (\d+)\.(\d+)\.(\d+)")
+_HEREDOC_START = re.compile(r"<<-?[\"']?[A-Za-z_]")
+VERSION_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    since: Version | None  # None: no buildah release does what BuildKit does
+    applies: Callable[[str, str], bool]  # (INSTRUCTION, arguments) -> uses it
+
+
+def _flags(rest: str) -> set[str]:
+    names = set()
+    for word in rest.split():
+        if not word.startswith("--"):
+            break
+        names.add(word[2:].split("=", 1)[0].lower())
+    return names
+
+
+def _has_flag(keywords: tuple[str, ...], flag: str) -> Callable[[str, str], bool]:
+    return lambda keyword, rest: keyword in keywords and flag in _flags(rest)
+
+
+FEATURES = (
+    Feature("heredocs (<<EOF)", (1, 35, 0),
+            lambda k, rest: k in ("RUN", "COPY", "ADD") and bool(_HEREDOC_START.search(rest))),
+    Feature("ADD --checksum", (1, 39, 0), _has_flag(("ADD",), "checksum")),
+    Feature("RUN --network", (1, 39, 0), _has_flag(("RUN",), "network")),
+    Feature("COPY --parents", (1, 40, 0), _has_flag(("COPY", "ADD"), "parents")),
+    Feature("COPY --link", (1, 41, 0), _has_flag(("COPY", "ADD"), "link")),
+    Feature("COPY --exclude", None, _has_flag(("COPY", "ADD"), "exclude")),
+)
+
+
+def text_of(version: Version) -> str:
+    return ".".join(str(part) for part in version)
+
+
+def unsupported(text: str, version: Version, *, path: str = "Containerfile") -> list[str]:
+    """One line per use of a feature `version` lacks, naming the line and the fix."""
+    found = []
+    for number, keyword, rest in numbered_instructions(text):
+        for feature in FEATURES:
+            if feature.since is not None and version >= feature.since:
+                continue
+            if feature.applies(keyword, rest):
+                found.append(_refusal(feature, path=path, number=number, version=version))
+    return found
+
+
+def _refusal(feature: Feature, *, path: str, number: int, version: Version) -> str:
+    where = f"{path} line {number}: {feature.name}"
+    if feature.since is None:
+        return (f"{where}: buildah {text_of(version)} accepts it but keeps files BuildKit "
+                "would exclude; no buildah release has BuildKit's meaning: use an ignore "
+                "file (.containerignore) instead")
+    return (f"{where} needs buildah {text_of(feature.since)} or later, the builder has "
+            f"{text_of(version)}")
+
+
+@functools.cache
+def local_buildah_version() -> Version:
+    """The version of the `buildah` the local runner runs."""
+    done = capture(["buildah", "--version"], what="asking buildah its version",
+                   timeout_s=VERSION_TIMEOUT_S)
+    match = _VERSION.search(done.stdout) if done.ok else None
+    if match is None:
+        raise ConfigurationError(f"buildah --version: cannot read a version ({done.stdout!r})")
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+def check_supported(text: str, version: Version, *, path: str) -> str:
+    """ConfigurationError listing every line this buildah cannot build; else a note."""
+    refused = unsupported(text, version, path=path)
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise ConfigurationError(f"file: {refused[0]}{more}")
+    return f"file: every instruction is one buildah {text_of(version)} builds"
