@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     gc = commands.add_parser("gc", help="remove what killed runs left behind on this machine")
     gc.add_argument("--work-dir", help="work directory (default $MULTIARCH_WORK_DIR or "
                     "/var/tmp/multiarch)")
+    gc.add_argument("--cache-max-age", type=float, default=7.0, metavar="DAYS",
+                    help="also remove RUN --mount=type=cache directories no build used for "
+                    "DAYS (default 7; 0: every one no build is using)")
 
     return parser
 
@@ -150,11 +153,14 @@ def run_publish_layouts(args: argparse.Namespace) -> int:
 
 def run_gc(args: argparse.Namespace) -> int:
     """Remove what killed runs left under the work directory, and say what went."""
+    from multiarch.cache_mounts import prune
     from multiarch.runclaim import sweep
     from multiarch.workspace import work_dir
 
     work = work_dir(args.work_dir)
-    swept = sweep(work)
+    swept = [str(item) for item in sweep(work)]
+    swept += [f"cache mounts unused for {args.cache_max_age:g} days removed: {path}"
+              for path in prune(work, max_age_s=args.cache_max_age * 86400)]
     for item in swept:
         print(item)
     print(f"{len(swept)} removed under {work}" if swept else f"nothing to remove under {work}")

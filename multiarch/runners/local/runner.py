@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from multiarch.attest import SupplyChainPlan
+from multiarch.cache_mounts import cache_mounts
 from multiarch.emulation import emulation_status, host_architecture
 from multiarch.errors import ConfigurationError
 from multiarch.handoff import handoff_named
@@ -110,11 +111,11 @@ def build_platform(
     started_at = datetime.now(UTC)
     deadline = started + request.runner.timeout_s
     try:
-        for step in plan.steps:
-            log.info(f"{label} step {step.name}: {' '.join(step.argv[:4])} ...")
-            run_step(
-                step, emit=lambda line: log.info(f"{label} {line}"), deadline=deadline, label=label
-            )
+        with cache_mounts(dirs.work, platform, tmpdir=Path(sandbox_tmp(paths))):
+            for step in plan.steps:
+                log.info(f"{label} step {step.name}: {' '.join(step.argv[:4])} ...")
+                run_step(step, emit=lambda line: log.info(f"{label} {line}"), deadline=deadline,
+                         label=label)
         image = read_layout_image(layout, plan.layout_ref)  # in scratch for the registry handoff
     finally:
         remove_scratch(scratch)
