@@ -9,6 +9,8 @@ the build, and the refusal names the line and the buildah release that has the f
 Versions: heredocs came in buildah 1.35, `COPY --parents` in 1.40, `COPY/ADD --link` in
 1.41 (buildah's changelog); `ADD --checksum` and `RUN --network` are refused by 1.28 and
 work in 1.39 (Debian 13), measured here, so 1.39 is the release named for them.
+SHELL, HEALTHCHECK and ONBUILD exist only in Docker's image config; the builds here make
+OCI images, so they are refused too rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Feature:
     name: str
     since: Version | None  # None: no buildah release does what BuildKit does
     applies: Callable[[str, str], bool]  # (INSTRUCTION, arguments) -> uses it
+    why: str = ""  # for `since=None`: what goes wrong, and the fix
 
 
 def _flags(rest: str) -> set[str]:
@@ -55,7 +58,21 @@ FEATURES = (
     Feature("RUN --network", (1, 39, 0), _has_flag(("RUN",), "network")),
     Feature("COPY --parents", (1, 40, 0), _has_flag(("COPY", "ADD"), "parents")),
     Feature("COPY --link", (1, 41, 0), _has_flag(("COPY", "ADD"), "link")),
-    Feature("COPY --exclude", None, _has_flag(("COPY", "ADD"), "exclude")),
+    Feature("COPY --exclude", None, _has_flag(("COPY", "ADD"), "exclude"),
+            "buildah accepts it but keeps files BuildKit would exclude; no buildah release "
+            "has BuildKit's meaning: use an ignore file (.containerignore) instead"),
+    # Docker's image config has these, OCI's has not: in an OCI build buildah drops them,
+    # and a SHELL (`-o pipefail`) does not even reach the RUN steps after it.
+    *(Feature(keyword, None, lambda k, _, word=keyword: k == word,
+              f"the OCI image config has no {keyword}: buildah drops it from an OCI build"
+              + (" and runs the RUN steps after it with /bin/sh -c" if keyword == "SHELL"
+                 else "") + f"; {fix}")
+      for keyword, fix in (
+          ("SHELL", 'write the shell into each RUN (RUN ["bash", "-o", "pipefail", "-c", '
+                    '"..."])'),
+          ("HEALTHCHECK", "remove it (Kubernetes runs probes, not HEALTHCHECK)"),
+          ("ONBUILD", "remove it and write those steps into the images built FROM this "
+                      "one"))),
 )
 
 
@@ -78,9 +95,7 @@ def unsupported(text: str, version: Version, *, path: str = "Containerfile") -> 
 def _refusal(feature: Feature, *, path: str, number: int, version: Version) -> str:
     where = f"{path} line {number}: {feature.name}"
     if feature.since is None:
-        return (f"{where}: buildah {text_of(version)} accepts it but keeps files BuildKit "
-                "would exclude; no buildah release has BuildKit's meaning: use an ignore "
-                "file (.containerignore) instead")
+        return f"{where}: {feature.why}"
     return (f"{where} needs buildah {text_of(feature.since)} or later, the builder has "
             f"{text_of(version)}")
 

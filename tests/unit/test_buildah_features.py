@@ -39,10 +39,23 @@ def test_buildah_1_28_refuses_each_line_with_its_release():
         "the builder has 1.28.2",
         "build/Containerfile line 9: COPY --link needs buildah 1.41.0 or later, "
         "the builder has 1.28.2",
-        "build/Containerfile line 10: COPY --exclude: buildah 1.28.2 accepts it but keeps "
+        "build/Containerfile line 10: COPY --exclude: buildah accepts it but keeps "
         "files BuildKit would exclude; no buildah release has BuildKit's meaning: use an "
         "ignore file (.containerignore) instead",
     ]
+
+
+def test_docker_only_instructions_are_refused_with_their_fix():
+    text = ('FROM b:1\nSHELL ["/bin/bash", "-o", "pipefail", "-c"]\n'
+            "HEALTHCHECK CMD wget -q localhost\nONBUILD RUN make\n")
+    refused = unsupported(text, (1, 39, 3))
+    assert refused[0] == (
+        "Containerfile line 2: SHELL: the OCI image config has no SHELL: buildah drops it "
+        "from an OCI build and runs the RUN steps after it with /bin/sh -c; write the shell "
+        'into each RUN (RUN ["bash", "-o", "pipefail", "-c", "..."])')
+    assert refused[1].startswith("Containerfile line 3: HEALTHCHECK: the OCI image config")
+    assert "Kubernetes runs probes" in refused[1]
+    assert refused[2].startswith("Containerfile line 4: ONBUILD:")
 
 
 def test_buildah_1_39_refuses_only_what_it_lacks():
