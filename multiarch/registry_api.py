@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,6 +43,7 @@ from multiarch.registry_access import (
     is_loopback,
     ssl_context,
 )
+from multiarch.retry_after import retry_after_s
 
 # distribution spec, "Pulling manifests": the client lists every type it understands.
 MANIFEST_ACCEPT = ", ".join((MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, DOCKER_MANIFEST_LIST,
@@ -246,26 +246,12 @@ def _repository_of(scope: str) -> str | None:
     return rest.rsplit(":", 1)[0] if kind == "repository" and rest else None
 
 
-def retry_after_s(response: httpx.Response) -> float | None:
-    """`Retry-After` in seconds (RFC 9110: delay-seconds or an HTTP-date), None if absent."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def failure(what: str, response: httpx.Response) -> RegistryTransientError | RegistryRefusedError:
     """The exception for a registry answer that was not the one asked for."""
     text = answer_text(response)
     if is_transient_answer(response.status_code, text):
         return RegistryTransientError(f"{what}: {text}", response.status_code,
-                                      retry_after_s(response))
+                                      retry_after_s(response.headers))
     return RegistryRefusedError(f"{what}: {text}", response.status_code)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-from multiarch.runners.kubernetes.backoff import Backoff, retry_after_s
+from multiarch.retry_after import retry_after_s
+from multiarch.runners.kubernetes.backoff import Backoff
 
 
 def test_the_ceiling_doubles_from_half_a_second_to_thirty():

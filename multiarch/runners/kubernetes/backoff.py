@@ -11,10 +11,8 @@ so the schedule is testable.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 INITIAL_DELAY_S = 0.5
 MAX_DELAY_S = 30.0
@@ -40,27 +38,3 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
-
-
-def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
-    """`Retry-After` in seconds: delta-seconds or an HTTP date (RFC 9110, 10.2.3)."""
-    value = _header(headers, "Retry-After")
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
-    for key, value in (headers or {}).items():
-        if key.lower() == name.lower():
-            return value
-    return None

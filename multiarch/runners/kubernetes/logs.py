@@ -15,7 +15,8 @@ from kubernetes.client.rest import ApiException
 
 from multiarch.errors import MultiarchError
 from multiarch.process import TAIL_LINES
-from multiarch.runners.kubernetes.backoff import Backoff, retry_after_s
+from multiarch.retry_after import retry_after_s
+from multiarch.runners.kubernetes.backoff import Backoff
 from multiarch.runners.kubernetes.client import KubeApi, api_error
 
 Emit = Callable[[str], None]

@@ -27,7 +27,8 @@ import urllib3
 from kubernetes.client.rest import ApiException
 
 from multiarch.errors import MultiarchError
-from multiarch.runners.kubernetes.backoff import Backoff, retry_after_s
+from multiarch.retry_after import retry_after_s
+from multiarch.runners.kubernetes.backoff import Backoff
 from multiarch.runners.kubernetes.client import KubeApi, api_error
 
 WATCH_S = 60  # one watch request; reopened from the last resourceVersion when it ends
