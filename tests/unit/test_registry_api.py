@@ -66,16 +66,22 @@ def transient(status: int) -> RegistryTransientError:
     return RegistryTransientError(f"PUT x: {status}", status)
 
 
-def test_transient_answers_are_retried_with_growing_pauses():
-    pauses: list[float] = []
-    answers = [transient(503), transient(429), "done"]
+def answering(*answers: object):
+    """A call that raises or returns each answer in turn."""
+    pending = list(answers)
 
-    def call() -> str:
-        answer = answers.pop(0)
+    def call() -> object:
+        answer = pending.pop(0)
         if isinstance(answer, Exception):
             raise answer
         return answer
 
+    return call
+
+
+def test_transient_answers_are_retried_with_growing_pauses():
+    pauses: list[float] = []
+    call = answering(transient(503), transient(429), "done")
     assert retrying(call, sleep=pauses.append) == "done"
     assert pauses == [0.5, 1.0]
 
@@ -211,14 +217,7 @@ def test_registry_errors_survive_pickling_with_their_status():
 
 def test_a_retry_after_lengthens_the_pause_to_what_the_registry_asked():
     pauses: list[float] = []
-    answers = [RegistryTransientError("GET x: 429", 429, retry_after=7.0), "done"]
-
-    def call() -> str:
-        answer = answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
+    call = answering(RegistryTransientError("GET x: 429", 429, retry_after=7.0), "done")
     assert retrying(call, sleep=pauses.append) == "done"
     assert pauses == [7.0]
 
