@@ -22,7 +22,12 @@ from multiarch import rebuild
 from multiarch.attest import SupplyChainPlan, supply_plan
 from multiarch.errors import MultiarchError
 from multiarch.partial import Built, Failure, settle
-from multiarch.preflight import check_signing_block, check_target, preflight_request
+from multiarch.preflight import (
+    check_context,
+    check_signing_block,
+    check_target,
+    preflight_request,
+)
 from multiarch.process import kill_scope_steps, step_scope
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
@@ -81,8 +86,8 @@ def _run_build(request: BuildRequest, steps: Steps, *, run_id: str) -> Outcome:
                  *check_signing_block(request)]:  # before any build
         steps.log.info(note)
     source = steps.pin_source(request)
-    if request.is_git:  # the target stage is readable once the commit is pinned
-        for note in check_target(request, source):
+    if request.is_git:  # its tree (files, Containerfile, stages) is readable once pinned
+        for note in [*check_context(request, source), *check_target(request, source)]:
             steps.log.info(note)
     wanted, decision = steps.check_changes(request, source)
     if request.rebuild == "if-changed" and decision.up_to_date and decision.index_digest:

@@ -17,6 +17,7 @@ from pathlib import Path
 from multiarch.buildah_features import check_supported, local_buildah_version
 from multiarch.cache_checks import check_cache_access, check_cache_use
 from multiarch.containerfile import stages
+from multiarch.context_hygiene import check_context_hygiene
 from multiarch.errors import ConfigurationError, TransientError
 from multiarch.rebuild import read_containerfile
 from multiarch.registry_api import check_push_access
@@ -38,12 +39,27 @@ def preflight_request(request: BuildRequest, source: PinnedSource | None = None)
     `source` then (the flow does, right after pinning); without it that check is skipped.
     """
     notes = [*check_directories(request)]
+    notes += check_context(request, source)
     notes += check_target(request, source)
     notes += check_buildah_features(request, source)
     notes += check_registry(request)
     notes += check_cache_access(request) + check_cache_use(request, source)
     notes += check_signing_file(request)
     return notes
+
+
+def check_context(request: BuildRequest, source: PinnedSource | None) -> list[str]:
+    """The Containerfile does not resolve outside the context, and no secret-looking file
+    goes into the image unnoticed (multiarch.context_hygiene): a warning note, or refused.
+
+    For a git context the tree is known only once the source is pinned: the flow calls this
+    again with `source` right after pinning.
+    """
+    source = _pinned(request, source)
+    if source is None:
+        return ["context: files and the Containerfile's path checked once the git source "
+                "is pinned"]
+    return check_context_hygiene(request, source)
 
 
 def check_signing_file(request: BuildRequest) -> list[str]:
@@ -145,13 +161,17 @@ def check_buildah_features(request: BuildRequest, source: PinnedSource | None) -
                             path=request.containerfile or "Containerfile")]
 
 
+def _pinned(request: BuildRequest, source: PinnedSource | None) -> PinnedSource | None:
+    """The source to read: a local context is its own; a git one only once pinned."""
+    if source is None and not request.is_git:
+        return PinnedSource(kind="local", location=str(Path(request.context).resolve()))
+    return source
+
+
 def _containerfile(request: BuildRequest, source: PinnedSource | None) -> str | None:
     """The Containerfile's text; None for a git context before its source is pinned."""
-    if source is None:
-        if request.is_git:
-            return None
-        source = PinnedSource(kind="local", location=str(Path(request.context).resolve()))
-    return read_containerfile(request, source)
+    source = _pinned(request, source)
+    return None if source is None else read_containerfile(request, source)
 
 
 def check_registry(request: BuildRequest) -> list[str]:

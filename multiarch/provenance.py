@@ -46,7 +46,7 @@ class ProvenanceInputs(BaseModel):
     source_uri: str  # without credentials
     revision: str | None
     containerfile: str  # its path in the context
-    containerfile_digest: str | None
+    containerfile_digest: str | None  # of the bytes buildah reads: a symlink followed
     build_args: dict[str, str]  # already redacted
     labels: dict[str, str]
     target: str | None

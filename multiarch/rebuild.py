@@ -9,16 +9,16 @@ the reasons it gives ("base ... moved from ... to ...") are tested as data.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from multiarch import credentials
 from multiarch.containerfile import base_images, final_base
+from multiarch.context_hygiene import git_tree
 from multiarch.errors import ConfigurationError, MultiarchError, PublishError
 from multiarch.ocispec import (
     BASE_DIGEST_ANNOTATION,
@@ -30,7 +30,7 @@ from multiarch.platforms import Platform
 from multiarch.registry import RegistryTarget, fetch_manifest
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformSummary
-from multiarch.source import PinnedSource, git_credentials_block, run_git
+from multiarch.source import PinnedSource, git_credentials_block
 
 INPUTS_ANNOTATION = "dev.multiarch.inputs.digest"
 BASES_ANNOTATION = "dev.multiarch.bases"
@@ -145,39 +145,40 @@ def tree_digest(directory: Path) -> str:
 
 
 def read_containerfile(request: BuildRequest, source: PinnedSource) -> str:
+    return containerfile_text(read_containerfile_bytes(request, source), source)
+
+
+def read_containerfile_bytes(request: BuildRequest, source: PinnedSource) -> bytes:
+    """The bytes buildah reads: through a symlink, to the file it resolves to (preflight
+    refuses one that leads out of the context, multiarch.context_hygiene)."""
     names = (request.containerfile,) if request.containerfile else CONTAINERFILE_NAMES
     if source.kind == "local":
         for name in names:
             path = Path(source.location) / name
             if path.is_file():
-                return path.read_text()
+                return path.read_bytes()
         raise ConfigurationError(f"containerfile: none of {', '.join(names)} in the context")
     return _containerfile_from_git(source, names, block=git_credentials_block(request))
 
 
-def _containerfile_from_git(source: PinnedSource, names: tuple[str, ...], *,
-                            block: str | None = None) -> str:
-    """Fetch commits and trees only, then the one blob (a blobless clone).
+def containerfile_text(raw: bytes, source: PinnedSource) -> str:
+    """The text as it was always read (the inputs digest is over it and must not move): a
+    local file as Python reads text (universal newlines), a git blob as UTF-8."""
+    if source.kind == "local":
+        return io.TextIOWrapper(io.BytesIO(raw)).read()
+    return raw.decode("utf-8", errors="replace")
 
-    `git show` fetches that blob from the remote, so it needs the credentials too.
-    """
-    lines = credentials.credential_lines(block)
-    secrets = credentials.secrets_of(lines)
-    url = credentials.clean_url(source.location)
-    with tempfile.TemporaryDirectory(prefix="multiarch-cf-") as scratch, \
-            credentials.temporary_store(lines) as store:
-        helper = credentials.helper_config(store)
-        run_git(["git", *helper, "clone", "--quiet", "--no-checkout", "--filter=blob:none",
-                 "--", url, scratch],
-                what=f"reading the Containerfile from {url}", timeout_s=300, secrets=secrets)
-        for name in names:
-            try:
-                return run_git(["git", *helper, "-C", scratch, "show",
-                                f"{source.revision}:{name}"],
-                               what=f"reading {name}", secrets=secrets)
-            except ConfigurationError:
-                continue  # not at this path: try the next name
-    raise ConfigurationError(f"containerfile: none of {', '.join(names)} at {source.revision}")
+
+def _containerfile_from_git(source: PinnedSource, names: tuple[str, ...], *,
+                            block: str | None = None) -> bytes:
+    """Fetch commits and trees only, then the blobs needed (a blobless clone): a symlink
+    in the tree is followed as the build's checkout would follow it."""
+    with git_tree(source, block=block) as tree:
+        found = tree.containerfile(names)
+    if found is None:
+        raise ConfigurationError(
+            f"containerfile: none of {', '.join(names)} at {source.revision}")
+    return found[1]
 
 
 def base_digest(name: str, *, insecure: bool) -> str | None:
@@ -192,14 +193,15 @@ def base_digest(name: str, *, insecure: bool) -> str | None:
 
 
 def fingerprint(request: BuildRequest, source: PinnedSource) -> Fingerprint:
-    text = read_containerfile(request, source)
+    raw = read_containerfile_bytes(request, source)
+    text = containerfile_text(raw, source)
     bases = base_images(text, request.build_args)
     return Fingerprint(
         revision=source.revision,
         inputs_digest=inputs_digest(request, source, text),
         bases={name: base_digest(name, insecure=request.insecure_registry) for name in bases},
         final_base=final_base(text, request.build_args, target=request.target),
-        containerfile_digest=sha256_digest(text.encode()),
+        containerfile_digest=sha256_digest(raw),  # what buildah reads, links followed
         platforms=tuple(str(p) for p in request.platforms),
     )
 

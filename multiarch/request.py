@@ -135,6 +135,10 @@ class BuildRequest(BaseModel):
     allow_emulation: bool = Field(
         False, description="Allow QEMU emulation for platforms this host cannot run natively."
     )
+    allow_secret_files: bool = Field(
+        False, description="Build even though COPY/ADD would copy a .git/config holding a "
+        "credential into the image (no ignore file excludes it); secret-looking files are "
+        "still named in a warning.")
     insecure_registry: bool = Field(
         False, description="Skip TLS verification (plain HTTP allowed) for registries."
     )
