@@ -20,6 +20,7 @@ from typing import Protocol
 
 from multiarch import rebuild
 from multiarch.attest import SupplyChainPlan, supply_plan
+from multiarch.build_secrets import check_secret_blocks, check_secret_mounts
 from multiarch.errors import MultiarchError
 from multiarch.partial import Built, Failure, settle
 from multiarch.preflight import (
@@ -83,11 +84,13 @@ def run_build(request: BuildRequest, steps: Steps, *, run_id: str) -> Outcome:
 def _run_build(request: BuildRequest, steps: Steps, *, run_id: str) -> Outcome:
     runner = runner_for(request.runner.kind)
     for note in [*runner.preflight(request), *preflight_request(request),
-                 *check_signing_block(request)]:  # before any build
+                 *check_signing_block(request),
+                 *check_secret_blocks(request)]:  # before any build
         steps.log.info(note)
     source = steps.pin_source(request)
     if request.is_git:  # its tree (files, Containerfile, stages) is readable once pinned
-        for note in [*check_context(request, source), *check_target(request, source)]:
+        for note in [*check_context(request, source), *check_target(request, source),
+                     *check_secret_mounts(request, source)]:
             steps.log.info(note)
     wanted, decision = steps.check_changes(request, source)
     if request.rebuild == "if-changed" and decision.up_to_date and decision.index_digest:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from multiarch.build_secrets import buildah_flags
 from multiarch.cache import cache_flags
 from multiarch.credentials import clean_url, helper_config
 from multiarch.handoff import handoff_named
@@ -38,6 +39,12 @@ class PlanPaths:
     # A git-credential-store file the fetch step's git reads (a path, never the secret);
     # None: the run has no git credentials.
     git_credentials: str | None = None
+    # (secret id, file) the build step reads a build secret from: a Secret projected into
+    # the pod, or a file the local runner wrote from a Secret block. Paths, never values.
+    secret_files: tuple[tuple[str, str], ...] = ()
+    # buildah's TMPDIR when not `sandbox_tmp` itself: a short link to it, for --ssh, whose
+    # agent socket buildah makes under TMPDIR and a unix socket path must fit in 108 bytes.
+    tmpdir: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +149,7 @@ def build_step(
         argv += ["--file", f"{context.rstrip('/')}/{request.containerfile}"]
     for name, value in request.build_args.items():
         argv += ["--build-arg", f"{name}={value}"]
+    argv += buildah_flags(request, paths.secret_files)  # --secret/--ssh/--build-context
     argv += reproducibility_flags(request, source)
     for key, value in provenance_labels(request, source).items():
         argv += ["--label", f"{key}={value}"]
@@ -153,7 +161,7 @@ def build_step(
         # runc's state and buildah's RUN bundles live in the build's scratch space, not in
         # /run/runc and /var/tmp: a killed build leaves them where its run's sweep looks.
         argv += ["--runtime-flag", f"root={paths.storage_runroot}/runc"]
-        env["TMPDIR"] = sandbox_tmp(paths)
+        env["TMPDIR"] = paths.tmpdir or sandbox_tmp(paths)
     argv += ["--tag", image, context]
     return Step(name="build", argv=tuple(argv), env=env)
 

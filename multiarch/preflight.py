@@ -14,6 +14,7 @@ import shutil
 import threading
 from pathlib import Path
 
+from multiarch.build_secrets import check_build_secrets
 from multiarch.buildah_features import check_supported, local_buildah_version
 from multiarch.cache_checks import check_cache_access, check_cache_use
 from multiarch.containerfile import stages
@@ -45,6 +46,7 @@ def preflight_request(request: BuildRequest, source: PinnedSource | None = None)
     notes += check_registry(request)
     notes += check_cache_access(request) + check_cache_use(request, source)
     notes += check_signing_file(request)
+    notes += check_build_secrets(request, source)
     return notes
 
 

@@ -20,6 +20,7 @@ from importlib import metadata
 
 from pydantic import BaseModel, ConfigDict
 
+from multiarch.build_secrets import looks_secret
 from multiarch.credentials import clean_url
 from multiarch.ocispec import BASE_DIGEST_ANNOTATION, BASE_NAME_ANNOTATION
 from multiarch.results import PlatformImage
@@ -59,9 +60,11 @@ class ProvenanceInputs(BaseModel):
 
 def redact_build_args(build_args: Mapping[str, str], secret_names: tuple[str, ...] = ()
                       ) -> dict[str, str]:
-    """Build args with secret values replaced; listed names and secret-looking names."""
+    """Build args with secret values replaced; listed names and secret-looking names (a
+    superset of the names preflight warns about, multiarch.build_secrets.looks_secret)."""
     listed = {name.upper() for name in secret_names}
-    return {name: REDACTED if name.upper() in listed or SECRET_NAME_RE.search(name) else value
+    return {name: REDACTED if name.upper() in listed or SECRET_NAME_RE.search(name)
+            or looks_secret(name) else value
             for name, value in sorted(build_args.items())}
 
 

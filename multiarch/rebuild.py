@@ -195,7 +195,8 @@ def base_digest(name: str, *, insecure: bool) -> str | None:
 def fingerprint(request: BuildRequest, source: PinnedSource) -> Fingerprint:
     raw = read_containerfile_bytes(request, source)
     text = containerfile_text(raw, source)
-    bases = base_images(text, request.build_args)
+    bases = [name for name in base_images(text, request.build_args)
+             if name not in request.build_contexts]  # --build-context NAME: not an image
     return Fingerprint(
         revision=source.revision,
         inputs_digest=inputs_digest(request, source, text),

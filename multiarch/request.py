@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from multiarch.build_secrets import BuildSecret, SshSource
+from multiarch.build_secrets import check_request as check_build_secrets_request
 from multiarch.containerfile import BUILD_ARG_NAME_RE
 from multiarch.handoff import HANDOFFS
 from multiarch.parameters import Cli
@@ -129,6 +131,21 @@ class BuildRequest(BaseModel):
     build_args: Annotated[dict[str, str], Cli("--build-arg")] = Field(
         default_factory=dict, description="Build arguments (KEY=value); values reach buildah "
         "verbatim.")
+    secrets: Annotated[tuple[BuildSecret, ...], Cli("--secret")] = Field(
+        (), description="Build secrets for RUN --mount=type=secret,id=ID (a file at "
+        "/run/secrets/ID in that step only; never in the image, its history or a log): "
+        "id=ID,src=FILE (a file of the machine that builds), id=ID,env=VAR (a variable of the "
+        "build process) or id=ID,block=BLOCK (a Prefect Secret block). Only the id and where "
+        "the value comes from are parameters, never the value. Local runner; on kubernetes "
+        "use runner.kubernetes.build_secrets. A mounted id that no secret gives is refused "
+        "unless the mount says required=false.")
+    ssh: Annotated[tuple[SshSource, ...], Cli("--ssh")] = Field(
+        (), description="SSH agent forwarding for RUN --mount=type=ssh, as buildah takes it: "
+        "default (the agent of $SSH_AUTH_SOCK), ID, or ID=SOCKET|KEY[,KEY]; local runner only.")
+    build_contexts: Annotated[dict[str, str], Cli("--build-context")] = Field(
+        default_factory=dict, description="Extra build contexts for COPY --from=NAME and FROM "
+        "NAME (NAME=DIR, NAME=docker-image://REF, container-image://REF or an https:// "
+        "tarball URL); a DIR on the local runner only; not with rebuild if-changed.")
     labels: Annotated[dict[str, str], Cli("--label")] = Field(
         default_factory=dict, description="Image labels (KEY=value).")
     target: str | None = Field(None, description="Build stage to stop at.")
@@ -243,6 +260,11 @@ class BuildRequest(BaseModel):
             raise ValueError(
                 "optional_platforms: every platform is optional, so a run could publish "
                 "nothing: keep at least one platform required (drop one from optional_platforms)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_build_secrets(self) -> BuildRequest:
+        check_build_secrets_request(self)  # multiarch.build_secrets
         return self
 
     @model_validator(mode="after")

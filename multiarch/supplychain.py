@@ -37,16 +37,23 @@ class SupplyChainOptions(BaseModel):
         None, description="Name of a Prefect Secret block holding that armored key (never "
         "the key itself); local runner only.")
     secret_build_args: Annotated[tuple[str, ...], Cli("--secret-build-arg")] = Field(
-        (), description="Build arg names whose values the provenance redacts (names that look "
-        "secret, with TOKEN, PASSWORD, SECRET, KEY or AUTH in them, always are).")
+        (), description="Removed: it redacted only the provenance, while the value stayed in "
+        "the image history and the Prefect database. Pass a secret as a build secret "
+        "(--secret id=NAME,env=VAR and RUN --mount=type=secret,id=NAME); secret-looking build "
+        "arg names are still redacted in the provenance, and warned about.")
 
     @field_validator("secret_build_args")
     @classmethod
-    def _valid_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for name in value:
-            if not BUILD_ARG_NAME_RE.match(name):
-                raise ValueError(f"secret build arg name {name!r} is invalid: use letters, "
-                                 "digits and _")
+    def _removed(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Kept as a field only to refuse it in one line, naming the fix (an unknown flag or
+        parameter would say neither)."""
+        if value:
+            name = value[0] if BUILD_ARG_NAME_RE.match(value[0]) else "NAME"
+            raise ValueError(
+                "removed: it hid the value only from the provenance, while the image history "
+                "and Prefect's stored parameters kept it: drop the build arg and pass the "
+                f"value as a build secret (--secret id={name},env={name}, read by RUN "
+                f"--mount=type=secret,id={name} from /run/secrets/{name})")
         return value
 
     @property

@@ -102,7 +102,8 @@ def _failed_mount(where: str, reason: str, message: str, event: Mapping[str, Any
                          summary=f"{where} cannot mount a volume ({reason}): {message}",
                          resolution="create the missing Secret or PersistentVolumeClaim in the "
                                     "namespace, or fix its name in runner.kubernetes "
-                                    "(shared_claim, registry_secret, git_credentials_secret)")
+                                    "(shared_claim, registry_secret, git_credentials_secret, "
+                                    "build_secrets)")
     if any(marker in message for marker in NFS_CLIENT_MISSING):
         return Diagnosis(verdict=Verdict.TRANSIENT,
                          summary=f"{where} cannot mount the shared volume on {node} "

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from multiarch.build_secrets import kube_secret_ref
 from multiarch.plan import PlanPaths, plan_build, prepare_layout_step
 from multiarch.platforms import Platform
 from multiarch.process import Step
@@ -49,6 +50,10 @@ GIT_CREDENTIALS_MOUNT = "/run/multiarch/git-credentials"
 GIT_CREDENTIALS_KEY = ".git-credentials"
 GIT_CREDENTIALS_FILE = f"{GIT_CREDENTIALS_MOUNT}/{GIT_CREDENTIALS_KEY}"
 FETCH_STEP = "fetch"
+# Build secrets (runner.kubernetes.build_secrets): one projected volume, each Secret's key
+# a file named by its id, mounted into the build step only.
+BUILD_SECRETS_MOUNT = "/run/multiarch/build-secrets"
+BUILD_STEP = "build"
 TERMINATION_LOG = "/dev/termination-log"
 
 _LABEL_VALUE_RE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -83,6 +88,8 @@ def pod_paths(run_id: str, platform: Platform, options: KubernetesOptions | None
         digest_file=TERMINATION_LOG if shared else f"{WORKSPACE_MOUNT}/digest",
         report_file=None if shared else TERMINATION_LOG,
         git_credentials=GIT_CREDENTIALS_FILE if git_secret else None,
+        secret_files=tuple((secret_id, f"{BUILD_SECRETS_MOUNT}/{secret_id}")
+                           for secret_id in (options.build_secrets if options else {})),
     )
 
 
@@ -196,7 +203,8 @@ def container(step: Step, *, options: KubernetesOptions, mounts: Sequence[Mappin
 
 def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool,
                 with_git_credentials: bool = False, shared: bool = True,
-                with_signing_key: bool = False) -> list[dict[str, Any]]:
+                with_signing_key: bool = False,
+                with_build_secrets: bool = False) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         *([{"name": "shared", "persistentVolumeClaim": {"claimName": options.shared_claim}}]
           if shared else []),
@@ -214,6 +222,12 @@ def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool,
             "items": [{"key": GIT_CREDENTIALS_KEY, "path": GIT_CREDENTIALS_KEY}],
             "defaultMode": 0o400,
         }})
+    if with_build_secrets and options.build_secrets:
+        volumes.append({"name": "build-secrets", "projected": {
+            "defaultMode": 0o400,
+            "sources": [secret_projection(secret_id, ref)
+                        for secret_id, ref in options.build_secrets.items()],
+        }})
     if options.registry_ca_configmap:
         volumes.append({"name": "registry-ca", "configMap": {
             "name": options.registry_ca_configmap,
@@ -226,6 +240,12 @@ def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool,
             "defaultMode": 0o400,
         }})
     return volumes
+
+
+def secret_projection(secret_id: str, ref: str) -> dict[str, Any]:
+    """One build secret, `SECRET[/KEY]`: only that key, as the file named by its id."""
+    name, key = kube_secret_ref(secret_id, ref)
+    return {"secret": {"name": name, "items": [{"key": key, "path": secret_id}]}}
 
 
 def _mounts(options: KubernetesOptions, *, shared: bool = True,
@@ -249,8 +269,9 @@ def job_manifest(
     owner: Mapping[str, str] | None = None, registry: str | None = None,
 ) -> dict[str, Any]:
     """One Job running `steps` in order; only the steps named in `push_steps` see registry
-    credentials, only the fetch step git credentials and only the publish step the signing
-    key (as mounted files, never a value). Every step trusts the CA of `registry`.
+    credentials, only the fetch step git credentials, only the build step build secrets and
+    only the publish step the signing key (as mounted files, never a value). Every step
+    trusts the CA of `registry`.
     `shared`: mount the shared handoff volume (not needed by the registry handoff).
     `owner`: an `owner_reference`, set when the flow runs in a pod of the same namespace."""
     if not steps:
@@ -268,6 +289,9 @@ def job_manifest(
         if step.name == FETCH_STEP and options.git_credentials_secret:
             step_mounts.append({"name": "git-credentials", "mountPath": GIT_CREDENTIALS_MOUNT,
                                 "readOnly": True})
+        if step.name == BUILD_STEP and options.build_secrets:
+            step_mounts.append({"name": "build-secrets", "mountPath": BUILD_SECRETS_MOUNT,
+                                "readOnly": True})
         if step.name == PUBLISH_STEP and options.signing_key_secret:
             step_mounts.append({"name": "signing-key", "mountPath": SIGNING_KEY_MOUNT,
                                 "readOnly": True})
@@ -279,7 +303,8 @@ def job_manifest(
         "containers": containers[-1:],
         "volumes": pod_volumes(options, with_registry_auth=bool(push_steps),
                                with_git_credentials=fetches, shared=shared,
-                               with_signing_key=any(s.name == PUBLISH_STEP for s in steps)),
+                               with_signing_key=any(s.name == PUBLISH_STEP for s in steps),
+                               with_build_secrets=any(s.name == BUILD_STEP for s in steps)),
     }
     if len(containers) > 1:
         pod_spec["initContainers"] = containers[:-1]

@@ -11,11 +11,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from multiarch.build_secrets import SECRET_ID_RE
 from multiarch.parameters import Cli
 from multiarch.platforms import Platform
 
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DEFAULT_ARM_VARIANT_LABEL = "multiarch.dev/arm-variant"
+SECRET_KEY_RE = re.compile(r"^[-._A-Za-z0-9]{1,253}$")
 LABEL_NAME_RE = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 LABEL_PREFIX_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
                              r"(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$")
@@ -94,6 +96,13 @@ class KubernetesOptions(BaseModel):
         description="Secret whose key `signing.key` (an armored GPG secret key) is mounted "
         "only into the publish step, which signs the index, platforms and attestations.",
     )
+    build_secrets: Annotated[dict[str, str], Cli("--kube-secret")] = Field(
+        default_factory=dict,
+        description="Build secrets on kubernetes: ID=SECRET[/KEY] (KEY defaults to ID), "
+        "the Secret's key projected as a file into the build container only, read by "
+        "RUN --mount=type=secret,id=ID; names only, never values (the local runner's "
+        "counterpart is secrets).",
+    )
     security: Literal["privileged", "minimal"] = Field(
         "privileged",
         description="Privileges of the build and export containers (every other container "
@@ -145,6 +154,22 @@ class KubernetesOptions(BaseModel):
     def _secret_name(cls, value: str | None) -> str | None:
         if value is not None and (not DNS_LABEL_RE.match(value) or len(value) > 63):
             raise ValueError(f"{value!r} is not a valid Secret or ConfigMap name")
+        return value
+
+    @field_validator("build_secrets")
+    @classmethod
+    def _build_secret_refs(cls, value: dict[str, str]) -> dict[str, str]:
+        for secret_id, ref in value.items():
+            name, _, key = ref.partition("/")
+            if not SECRET_ID_RE.match(secret_id):
+                raise ValueError(f"secret id {secret_id!r} is invalid: up to 63 letters, "
+                                 "digits, _ . - starting with a letter or digit")
+            if not DNS_LABEL_RE.match(name) or len(name) > 63:
+                raise ValueError(f"{secret_id}={ref}: {name!r} is not a valid Secret name: "
+                                 "write ID=SECRET[/KEY]")
+            if key and not SECRET_KEY_RE.match(key):
+                raise ValueError(f"{secret_id}={ref}: {key!r} is not a valid Secret key "
+                                 "(letters, digits, - _ .)")
         return value
 
     @field_validator("placements")

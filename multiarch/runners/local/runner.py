@@ -17,9 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from multiarch.attest import SupplyChainPlan
+from multiarch.build_secrets import (
+    SHORT_TMP_LINK,
+    block_secret_files,
+    local_secrets,
+    ssh_tmpdir,
+)
 from multiarch.cache_mounts import cache_mounts
 from multiarch.emulation import emulation_status, host_architecture
-from multiarch.errors import ConfigurationError
+from multiarch.errors import ConfigurationError, StepFailure
 from multiarch.handoff import handoff_named
 from multiarch.oci import read_layout_image
 from multiarch.plan import PlanPaths, plan_build, sandbox_tmp
@@ -99,11 +105,24 @@ def build_platform(
     if source.kind == "git":  # credentials by file path, never on argv (multiarch.credentials)
         paths = replace(paths, git_credentials=write_git_store(
             request, dirs.run_scratch / f"{platform.slug}.git-credentials"))
-    plan = plan_build(request, source, platform, paths, run_id=dirs.run_id)
+    with ssh_tmpdir(request) as short_tmp:
+        return _build_platform(request, source, platform, dirs=dirs, log=log, paths=paths,
+                               short_tmp=short_tmp)
+
+
+def _build_platform(request: BuildRequest, source: PinnedSource, platform: Platform, *,
+                    dirs: RunDirs, log: LineLogger, paths: PlanPaths,
+                    short_tmp: Path | None) -> PlatformImage:
     scratch = dirs.scratch(platform)
+    secrets_dir = scratch / "secrets"  # block secrets' values, 0600, gone after the build
+    paths = replace(paths, secret_files=block_secret_files(request, secrets_dir),
+                    tmpdir=str(short_tmp / SHORT_TMP_LINK) if short_tmp else None)
+    plan = plan_build(request, source, platform, paths, run_id=dirs.run_id)
     layout = Path(plan.layout)
     _fresh_dir(scratch)
     Path(sandbox_tmp(paths)).mkdir(parents=True)
+    if paths.tmpdir:
+        Path(paths.tmpdir).symlink_to(sandbox_tmp(paths))
     shutil.rmtree(layout, ignore_errors=True)  # a retry starts from an empty layout
     layout.parent.mkdir(parents=True, exist_ok=True)
     label = f"[{platform}]"
@@ -111,11 +130,17 @@ def build_platform(
     started_at = datetime.now(UTC)
     deadline = started + request.runner.timeout_s
     try:
-        with cache_mounts(dirs.work, platform, tmpdir=Path(sandbox_tmp(paths))):
+        with cache_mounts(dirs.work, platform, tmpdir=Path(sandbox_tmp(paths))), \
+                local_secrets(request, secrets_dir) as secrets:
             for step in plan.steps:
                 log.info(f"{label} step {step.name}: {' '.join(step.argv[:4])} ...")
-                run_step(step, emit=lambda line: log.info(f"{label} {line}"), deadline=deadline,
-                         label=label)
+                try:  # a RUN step that prints a secret's value: masked in logs and errors
+                    run_step(step, emit=lambda line: log.info(f"{label} {secrets.mask(line)}"),
+                             deadline=deadline, label=label)
+                except StepFailure as exc:
+                    raise secrets.masked(exc) from None
+                if step.name == "build":
+                    secrets.forget()
         image = read_layout_image(layout, plan.layout_ref)  # in scratch for the registry handoff
     finally:
         remove_scratch(scratch)
