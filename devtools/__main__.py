@@ -1,9 +1,12 @@
-"""`python -m devtools up|down|status|builder|serve|stop`: the one-machine development services.
+"""`python -m devtools up|down|status|builder|serve|stop|gotools`: the one-machine dev services.
 
 up/down/status: the local registry, QEMU emulation and the busybox base image (`make up`,
 `make down`); builder: the Debian base and the multi-arch builder image (`make builder`,
 after `make up`); serve/stop: a Prefect server, work pools, a worker and the deployments on top
-(`make serve`, `make stop`). Not part of the shipped package: it runs from a checkout.
+(`make serve`, `make stop`); gotools: build (or find) the Go tools the tests use (crane, regctl,
+the referrers registry), cached in ~/.cache/multiarch-builder/gotools; toolchain: build (or find)
+the Debian 13 toolchain rootfs (buildah 1.39, skopeo 1.18) and print its tools' versions
+(devtools/toolchain_rootfs.py). Not part of the shipped package: it runs from a checkout.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from devtools import builder_image, playground, postgres, serve, supervisor
+from devtools import builder_image, gotools, playground, postgres, serve, supervisor
 from devtools.serve_config import ServeError, load_settings
 from multiarch.errors import MultiarchError
 
@@ -23,7 +26,10 @@ DEFAULT_REGISTRY_PORT = 5000
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m devtools", description=__doc__)
-    parser.add_argument("action", choices=["up", "down", "status", "builder", "serve", "stop"])
+    parser.add_argument(
+        "action",
+        choices=["up", "down", "status", "builder", "serve", "stop", "gotools", "toolchain"],
+    )
     parser.add_argument(
         "--state-dir",
         type=Path,
@@ -44,9 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "gotools":
+        return gotools.main()
     if args.action in ("serve", "stop"):
         settings = load_settings(state_dir=args.state_dir, registry_port=args.port)
         return serve.serve(settings) if args.action == "serve" else serve.stop(settings)
+    if args.action == "toolchain":
+        from devtools import toolchain_rootfs
+
+        return toolchain_rootfs.main()
     state_dir = (args.state_dir or DEFAULT_STATE_DIR).resolve()
     port = args.port or DEFAULT_REGISTRY_PORT
     if args.action == "up":
