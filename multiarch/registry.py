@@ -128,7 +128,9 @@ def fetch_manifest(reference: str, *, target: RegistryTarget) -> bytes | None:
     if done.ok:
         return done.output
     error = done.stderr.lower()
-    if "manifest unknown" in error or "not found" in error:
+    # MANIFEST_UNKNOWN, or NAME_UNKNOWN for a repository that does not exist yet (what
+    # go-containerregistry's registry, and others, answer where distribution says the former)
+    if any(text in error for text in ("manifest unknown", "name unknown", "not found")):
         return None
     if is_transient(done):
         raise TransientError(f"reading {reference} failed: {done.last_error()}")
