@@ -111,6 +111,15 @@ def local_buildah_version() -> Version:
     return int(match[1]), int(match[2]), int(match[3])
 
 
+@functools.cache
+def local_tools() -> str:
+    """`buildah 1.28.2, skopeo 1.9.3`: what the local runner builds and exports with."""
+    done = capture(["skopeo", "--version"], what="asking skopeo its version",
+                   timeout_s=VERSION_TIMEOUT_S)
+    skopeo = done.stdout.split()[2] if done.ok and len(done.stdout.split()) > 2 else "?"
+    return f"buildah {text_of(local_buildah_version())}, skopeo {skopeo}"
+
+
 def check_supported(text: str, version: Version, *, path: str) -> str:
     """ConfigurationError listing every line this buildah cannot build; else a note."""
     refused = unsupported(text, version, path=path)

@@ -127,6 +127,8 @@ def run_build(args: argparse.Namespace, run_flow: RunFlow) -> int:
         print(f"\npublished {result.image} tags: {', '.join(result.tags)}")
         print(f"index digest: {result.index_digest}\n")
         print(text_table(result))
+        for tools in sorted({p.builder for p in result.platforms if p.builder}):
+            print(f"built with {tools}")
         for left in result.left_out:
             print(f"left out {left.platform} (optional, it failed): {left.reason}")
         for item in result.attestations:

@@ -28,6 +28,7 @@ class PlatformImage(BaseModel):
     # Where and when it was built (the provenance records them).
     node_architecture: str | None = None  # the machine's architecture (emulated: not ours)
     node: str | None = None  # the Kubernetes node, or the local machine's name
+    builder: str | None = None  # the tools that built it: "buildah 1.28.2, skopeo 1.9.3"
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -40,6 +41,7 @@ class PlatformSummary(BaseModel):
     size: int
     emulated: bool
     duration_s: float
+    builder: str | None = None  # the tools that built it, where the runner knows them
 
 
 class Attestation(BaseModel):
@@ -90,4 +92,5 @@ def summarise(image: PlatformImage, *, size: int | None = None) -> PlatformSumma
         size=image.size if size is None else size,
         emulated=image.emulated,
         duration_s=round(image.duration_s, 2),
+        builder=image.builder,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -69,8 +70,10 @@ def test_build_prints_one_json_object_matching_the_registry(playground, prefect_
     assert [p["platform"] for p in result["platforms"]] == ["linux/amd64", "linux/arm64"]
     assert [p["emulated"] for p in result["platforms"]] == [False, True]
     for entry in result["platforms"]:
-        assert set(entry) == {"platform", "digest", "size", "emulated", "duration_s"}
+        assert set(entry) == {"platform", "digest", "size", "emulated", "duration_s",
+                              "builder"}
         assert entry["size"] > 0
+        assert re.fullmatch(r"buildah \d+\.\d+\.\d+, skopeo \d+\.\d+\.\d+", entry["builder"])
     assert tag_digest(f"{image}:1.0") == result["index_digest"]
     assert tag_digest(f"{image}:stable") == result["index_digest"]
 

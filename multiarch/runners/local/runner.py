@@ -23,6 +23,7 @@ from multiarch.build_secrets import (
     local_secrets,
     ssh_tmpdir,
 )
+from multiarch.buildah_features import local_tools
 from multiarch.cache_mounts import cache_mounts
 from multiarch.emulation import emulation_status, host_architecture
 from multiarch.errors import ConfigurationError, StepFailure
@@ -157,6 +158,7 @@ def _build_platform(request: BuildRequest, source: PinnedSource, platform: Platf
         reference=None if shared else request.image.with_digest(image.manifest_digest),
         node_architecture=host_architecture(),
         node=socket.gethostname(),
+        builder=local_tools(),
         started_at=started_at,
         finished_at=datetime.now(UTC),
     )
