@@ -666,7 +666,7 @@ class GitTree:
         return None
 
     def secret_entries(self) -> Iterator[Entry]:
-        yield Entry(path=".git", is_dir=True)  # the build's checkout is a clone: it has one
+        # the build's checkout has no `.git` (multiarch.source.FETCH_SCRIPT keeps it apart)
         for path, (mode, _sha) in self.entries.items():
             if mode == "040000":
                 if looks_secret(path, is_dir=True):
@@ -695,8 +695,7 @@ def git_tree(source: PinnedSource, *, block: str | None = None) -> Iterator[GitT
 
 def check_git(request: BuildRequest, source: PinnedSource) -> list[str]:
     """A pinned git context: its Containerfile inside the repository, and what COPY/ADD
-    would copy from the checkout (which is a clone, so it holds a `.git` directory with
-    the URL without credentials: warned about, never refused)."""
+    would copy from the checkout (the committed files: the checkout has no `.git`)."""
     names = (request.containerfile,) if request.containerfile else CONTAINERFILE_NAMES
     with git_tree(source, block=git_credentials_block(request)) as tree:
         found = tree.containerfile(names)

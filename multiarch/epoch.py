@@ -18,47 +18,13 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
 
-from multiarch import credentials
 from multiarch.errors import ConfigurationError, MultiarchError
 from multiarch.process import capture
-from multiarch.source import run_git
 
 LOCAL_GIT_TIMEOUT_S = 30
 EXCLUDED_DIRS = frozenset({".git"})
-
-
-def git_commit_time(url: str, revision: str, *, block: str | None = None) -> int:
-    """The committer time of `revision` at `url`, without a checkout or any file content.
-
-    A throw-away bare repository fetches that one commit (depth 1) without its trees
-    (`--filter=tree:0`): one commit object, whatever the size of the repository. A server
-    that does not allow filters (git's own default for file:// and plain git daemons)
-    sends that commit's snapshot instead, still without history. Protocol v2 servers serve
-    any commit by SHA; an older server that refuses gets a treeless fetch of every branch
-    and tag. Credentials reach git as a store file, as for `resolve_git_ref`; errors are
-    redacted and classified (transient or not) by `run_git`.
-    """
-    url = credentials.clean_url(url)
-    lines = credentials.credential_lines(block)
-    secrets = credentials.secrets_of(lines)
-    with tempfile.TemporaryDirectory(prefix="multiarch-epoch-") as scratch, \
-            credentials.temporary_store(lines) as store:
-        git = ["git", *credentials.helper_config(store), "-C", scratch]
-        run_git(["git", "init", "--quiet", "--bare", scratch], what="preparing a scratch repo")
-        what = f"reading the time of commit {revision} from {url}"
-        try:
-            run_git([*git, "fetch", "--quiet", "--depth=1", "--filter=tree:0", "--", url,
-                     revision], what=what, secrets=secrets)
-        except ConfigurationError:
-            run_git([*git, "fetch", "--quiet", "--filter=tree:0", "--", url,
-                     "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
-                    what=what, secrets=secrets)
-        output = run_git([*git, "log", "-1", "--format=%ct", revision, "--"],
-                         what=what, secrets=secrets)
-    return parse_epoch(output, what=f"commit {revision} of {url}")
 
 
 def local_commit_time(directory: Path) -> int | None:

@@ -19,7 +19,7 @@ from multiarch.ocispec import REVISION_LABEL, SOURCE_LABEL
 from multiarch.platforms import Platform
 from multiarch.process import Step
 from multiarch.request import BuildRequest
-from multiarch.source import PinnedSource
+from multiarch.source import FETCH_SCRIPT, PinnedSource
 
 SOURCE_DATE_EPOCH_ARG = "SOURCE_DATE_EPOCH"
 
@@ -84,16 +84,6 @@ def prepare_layout_step(layout: str) -> Step:
     """In a pod: start from no layout (a retry must not inherit a half-written one) and make
     its parent, which skopeo requires. The local runner does the same in-process."""
     return Step(name="prepare", argv=("sh", "-c", PREPARE_LAYOUT_SCRIPT, "prepare", layout))
-
-
-# Clone and check out in one step, so that only this step (one container in a pod) needs
-# the credentials: checking out a blobless clone fetches blobs from the remote too. The
-# values arrive as "$1".."$3" and git's own options as "$@"; nothing is formatted into it.
-FETCH_SCRIPT = (
-    'url=$1 dir=$2 rev=$3; shift 3; '
-    'git "$@" clone --quiet --no-checkout --filter=blob:none -- "$url" "$dir" && '
-    'exec git "$@" -C "$dir" checkout --quiet --detach "$rev"'
-)
 
 
 def fetch_steps(source: PinnedSource, *, checkout: str,

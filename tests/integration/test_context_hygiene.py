@@ -180,14 +180,19 @@ def test_git_links_at_any_level_and_the_digest_of_what_buildah_reads(tmp_path):
         check_context(escaping, pin_source(escaping))
 
 
-def test_the_checkouts_git_directory_is_named_unless_ignored(tmp_path):
+def test_a_git_context_is_not_warned_about_a_git_directory_it_does_not_ship(tmp_path):
+    """The checkout has no `.git` (multiarch.source.FETCH_SCRIPT); a committed `.env` is
+    named unless ignored."""
     repo = git_repo(tmp_path)
     (repo / "Containerfile").write_text(COPY_ALL)
     commit_all(repo)
     request = git_request(repo)
+    assert check_context(request, pin_source(request)) == []
+    (repo / ".env").write_text("TOKEN=x\n")
+    commit_all(repo)
     (line,) = check_context(request, pin_source(request))
-    assert "into the image: .git/ (" in line
-    (repo / ".dockerignore").write_text(".git\n")
+    assert "into the image: .env (" in line and ".git/" not in line
+    (repo / ".dockerignore").write_text(".env\n")
     commit_all(repo)
     assert check_context(request, pin_source(request)) == []
 

@@ -202,9 +202,11 @@ def test_fetch_script_clones_and_checks_out_with_real_git(tmp_path):
     fetch = credentials_plan_fetch(source, tmp_path / "src", store)
     subprocess.run(list(fetch.argv), **run)
     assert (tmp_path / "src" / "Containerfile").read_text() == "FROM scratch\n"
-    head = subprocess.run(["git", "-C", str(tmp_path / "src"), "rev-parse", "HEAD"], **run)
+    assert not (tmp_path / "src" / ".git").exists()  # the context holds no repository
+    head = subprocess.run(["git", "--git-dir", str(tmp_path / "src.git"), "rev-parse", "HEAD"],
+                          **run)
     assert head.stdout.strip() == sha
-    assert "t0ken" not in (tmp_path / "src" / ".git" / "config").read_text()
+    assert "t0ken" not in (tmp_path / "src.git" / "config").read_text()
 
 
 def credentials_plan_fetch(source: PinnedSource, checkout: Path, store: Path):

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from multiarch.credentials import ENV_CREDENTIALS
-from multiarch.epoch import git_commit_time, local_epoch, newest_file_time
+from multiarch.epoch import local_epoch, newest_file_time
 from multiarch.errors import ConfigurationError, TransientError
 from multiarch.request import BuildRequest
-from multiarch.source import pin_source
+from multiarch.source import git_commit_time, pin_source
 
 FIRST = 1_600_000_000  # 2020-09-13
 SECOND = 1_700_000_000  # 2023-11-14
