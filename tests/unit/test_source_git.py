@@ -30,37 +30,9 @@ from multiarch.source import (
 )
 from tasks.retry import only_transient
 from tests.integration.git_repos import DumbHttp, dumb_http, silent_server
+from tests.unit.test_epoch import FIRST, SECOND, git, repo
 
-__all__ = ["dumb_http"]  # the fixture, imported for this module's tests
-
-FIRST = 1_600_000_000
-SECOND = 1_700_000_000
-
-
-def git(repo: Path, *args: str, when: int | None = None) -> str:
-    env = {"PATH": os.environ["PATH"], "HOME": str(repo), "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com"}
-    if when is not None:
-        env["GIT_COMMITTER_DATE"] = env["GIT_AUTHOR_DATE"] = f"@{when} +0000"
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True, env=env).stdout.strip()
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """Two commits on main: FIRST, then SECOND."""
-    path = tmp_path / "repo"
-    path.mkdir()
-    git(path, "init", "--quiet", "--initial-branch=main")
-    (path / "Containerfile").write_text("FROM scratch\n")
-    git(path, "add", ".")
-    git(path, "commit", "--quiet", "-m", "one", when=FIRST)
-    (path / "message").write_text("second\n")
-    git(path, "add", ".")
-    git(path, "commit", "--quiet", "-m", "two", when=SECOND)
-    return path
-
+__all__ = ["dumb_http", "repo"]  # the fixtures, imported for this module's tests
 
 @pytest.fixture
 def fetches(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
