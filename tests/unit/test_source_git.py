@@ -34,6 +34,7 @@ from tests.unit.test_epoch import FIRST, SECOND, git, repo
 
 __all__ = ["dumb_http", "repo"]  # the fixtures, imported for this module's tests
 
+
 @pytest.fixture
 def fetches(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The arguments of every `git fetch` source.run_git runs, as git gets them."""
