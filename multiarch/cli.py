@@ -178,7 +178,6 @@ def run_verify(args: argparse.Namespace) -> int:
 
     image = ImageReference.model_validate(args.image.split("@", 1)[0])
     reference = args.image.split("@", 1)[1] if "@" in args.image else (image.tag or "latest")
-    insecure = args.insecure_registry  # a loopback registry may still answer in plain HTTP
     with contextlib.ExitStack() as stack:
         ring = None
         if args.key:
@@ -187,7 +186,8 @@ def run_verify(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise MultiarchError(f"--key: cannot read {args.key}: {exc.strerror}") from exc
             ring = stack.enter_context(keyring(armored, what=f"--key {args.key}"))
-        client = stack.enter_context(registry_client(image.registry, insecure=insecure))
+        client = stack.enter_context(registry_client(
+            image.registry, insecure=args.insecure_registry, plain_http_loopback=True))
         report = verify_image(client, image, reference, keyring=ring)
         if args.export_lookaside and report.ok and report.digest:
             written = export_lookaside(client, image, report, Path(args.export_lookaside))

@@ -122,13 +122,16 @@ class RegistryClient:
     """One registry: the scheme it speaks, its trust and credentials, tokens per scope.
 
     Trust and credentials come from multiarch.registry_access, the places skopeo reads.
-    `insecure`: TLS unverified, and plain HTTP when https does not answer. A loopback
-    registry (127.0.0.1, localhost) may speak plain HTTP without `insecure`, as Docker and
-    containers tools allow, but an https one is verified like any other.
+    `insecure`: TLS unverified, and plain HTTP when https does not answer. Builds and
+    publishes never fall back to plain HTTP without it, because skopeo and buildah, which
+    push the same image, would not. `plain_http_loopback` (for `multiarch verify`, which
+    reads alone, as crane and regctl do) lets 127.0.0.1/localhost answer in plain HTTP; an
+    https one is still verified.
     """
 
     registry: str
     insecure: bool
+    plain_http_loopback: bool = False
     auth_files: list[Path] = field(default_factory=auth_file_candidates)
     timeout_s: float = REQUEST_TIMEOUT_S
     _http: httpx.Client | None = None
@@ -160,9 +163,11 @@ class RegistryClient:
         return response
 
     def scheme(self) -> str:
-        """https; for an insecure or loopback registry whatever /v2/ answers on: https, then
-        plain http when nothing speaks TLS there (never when a certificate fails)."""
-        if self._scheme is None and not (self.insecure or is_loopback(self.registry)):
+        """https; for an insecure (or a permitted loopback) registry whatever /v2/ answers
+        on: https, then plain http when nothing speaks TLS there (never when a certificate
+        fails)."""
+        loopback = self.plain_http_loopback and is_loopback(self.registry)
+        if self._scheme is None and not (self.insecure or loopback):
             self._scheme = "https"
         if self._scheme is None:
             try:
@@ -256,8 +261,10 @@ def failure(what: str, response: httpx.Response) -> RegistryTransientError | Reg
 
 
 @contextmanager
-def registry_client(registry: str, *, insecure: bool) -> Iterator[RegistryClient]:
-    client = RegistryClient(registry=registry, insecure=insecure)
+def registry_client(registry: str, *, insecure: bool,
+                    plain_http_loopback: bool = False) -> Iterator[RegistryClient]:
+    client = RegistryClient(registry=registry, insecure=insecure,
+                            plain_http_loopback=plain_http_loopback)
     try:
         yield client
     finally:

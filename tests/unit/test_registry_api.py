@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -267,3 +268,48 @@ def test_a_token_without_the_scope_names_the_repository_and_the_scope(tmp_path):
     assert "insufficient_scope" in message
     assert "not granted pull,push on repository other/app" in message
     assert "\n" not in message
+
+
+@pytest.fixture
+def plain_http_v2() -> Iterator[str]:
+    """A plain-HTTP server on 127.0.0.1 answering /v2/ as an open registry does."""
+    import http.server
+    import threading
+
+    class V2(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), V2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_plain_http_loopback_registry_needs_insecure_as_skopeo_does(plain_http_v2):
+    # skopeo refuses http on 127.0.0.1 without --tls-verify=false: a build must not pass
+    # its checks on our client and then fail in skopeo's push
+    strict = RegistryClient(registry=plain_http_v2, insecure=False, auth_files=[])
+    assert strict.scheme() == "https"
+    with pytest.raises(RegistryTransientError, match="https://"):
+        strict.request("GET", "/v2/", scope="")
+    strict.close()
+    insecure = RegistryClient(registry=plain_http_v2, insecure=True, auth_files=[])
+    assert insecure.request("GET", "/v2/", scope="").status_code == 200
+    insecure.close()
+    # `multiarch verify` reads alone, and lets a loopback registry answer plain HTTP
+    reader = RegistryClient(registry=plain_http_v2, insecure=False, auth_files=[],
+                            plain_http_loopback=True)
+    assert reader.scheme() == "http"
+    assert reader.request("GET", "/v2/", scope="").status_code == 200
+    reader.close()
