@@ -192,8 +192,12 @@ class RegistryClient:
         except httpx.ConnectError as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                 raise self._untrusted(what, exc) from exc
+            if _CLIENT_CERT_ALERTS.search(str(exc)):
+                raise self._no_client_certificate(what, exc) from exc
             raise RegistryUnreachableError(f"{what}: cannot connect: {exc}") from exc
         except httpx.TransportError as exc:
+            if _CLIENT_CERT_ALERTS.search(str(exc)):
+                raise self._no_client_certificate(what, exc) from exc
             raise RegistryTransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     def _authorise(self, response: httpx.Response, *, scope: str, what: str) -> str:
@@ -238,11 +242,24 @@ class RegistryClient:
             f"{what}: 401 UNAUTHORIZED and no credentials for {self.registry} in {places}: "
             f"log in with `skopeo login {self.registry}`", 401)
 
+    def _no_client_certificate(self, what: str, exc: Exception) -> RegistryRefusedError:
+        """A registry that wants mutual TLS turned our client certificate (or its absence)
+        down; with TLS 1.3 that alert comes on the first read, after the handshake."""
+        where = cert_dir(self.registry) or certs_dirs()[1] / self.registry
+        return RegistryRefusedError(
+            f"{what}: {self.registry} refused our TLS client certificate ({exc}): put the "
+            f"certificate it accepts and its key in {where}/client.cert and client.key")
+
     def _untrusted(self, what: str, exc: Exception) -> RegistryRefusedError:
         where = cert_dir(self.registry) or certs_dirs()[1] / self.registry
         return RegistryRefusedError(
             f"{what}: the TLS certificate of {self.registry} is not trusted ({exc}): put the "
             f"CA that signed it in {where}/ca.crt (skopeo and buildah read it there too)")
+
+
+# TLS alerts a server sends when it rejects the client's certificate (RFC 8446 6.2).
+_CLIENT_CERT_ALERTS = re.compile(r"ALERT_(BAD_CERTIFICATE|CERTIFICATE_REQUIRED|UNKNOWN_CA|"
+                                 r"CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE)")
 
 
 def _repository_of(scope: str) -> str | None:
