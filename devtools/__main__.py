@@ -6,7 +6,7 @@ after `make up`); serve/stop: a Prefect server, work pools, a worker and the dep
 (`make serve`, `make stop`); gotools: build (or find) the Go tools the tests use (crane, regctl,
 the referrers registry), cached in ~/.cache/multiarch-builder/gotools; toolchain: build (or find)
 the Debian 13 toolchain rootfs (buildah 1.39, skopeo 1.18) and print its tools' versions
-(devtools/toolchain_rootfs.py). Not part of the shipped package: it runs from a checkout.
+(multiarch/toolchain_rootfs.py). Not part of the shipped package: it runs from a checkout.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings(state_dir=args.state_dir, registry_port=args.port)
         return serve.serve(settings) if args.action == "serve" else serve.stop(settings)
     if args.action == "toolchain":
-        from devtools import toolchain_rootfs
+        from multiarch import toolchain_rootfs
 
         return toolchain_rootfs.main()
     state_dir = (args.state_dir or DEFAULT_STATE_DIR).resolve()

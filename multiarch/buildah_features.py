@@ -28,6 +28,8 @@ Version = tuple[int, int, int]
 _VERSION = re.compile(r"buildah version (\d+)\.(\d+)\.(\d+)")
 _HEREDOC_START = re.compile(r"<<-?[\"']?[A-Za-z_]")
 VERSION_TIMEOUT_S = 30.0
+# The buildah of Debian 13 (trixie), the local runner's `--toolchain debian13`.
+DEBIAN13_BUILDAH: Version = (1, 39, 0)
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,18 @@ def _refusal(feature: Feature, *, path: str, number: int, version: Version) -> s
     where = f"{path} line {number}: {feature.name}"
     if feature.since is None:
         return f"{where}: {feature.why}"
+    fix = (f"; --toolchain debian13 builds with buildah {text_of(DEBIAN13_BUILDAH)}"
+           if feature.since <= DEBIAN13_BUILDAH and version < DEBIAN13_BUILDAH else "")
     return (f"{where} needs buildah {text_of(feature.since)} or later, the builder has "
-            f"{text_of(version)}")
+            f"{text_of(version)}{fix}")
 
 
 @functools.cache
-def local_buildah_version() -> Version:
-    """The version of the `buildah` the local runner runs."""
+def local_buildah_version(toolchain: str = "host") -> Version:
+    """The version of the `buildah` the local runner runs with `toolchain` (host or
+    debian13: the rootfs's, read from its dpkg database, built on a miss)."""
+    if toolchain != "host":
+        return _toolchain_versions()[0]
     done = capture(["buildah", "--version"], what="asking buildah its version",
                    timeout_s=VERSION_TIMEOUT_S)
     match = _VERSION.search(done.stdout) if done.ok else None
@@ -111,9 +118,27 @@ def local_buildah_version() -> Version:
     return int(match[1]), int(match[2]), int(match[3])
 
 
+def _toolchain_versions() -> tuple[Version, str]:
+    """(buildah's version, skopeo's) in the Debian 13 toolchain rootfs."""
+    from multiarch.toolchain_rootfs import ensure_rootfs, upstream_version
+
+    versions = ensure_rootfs().manifest.get("versions")
+    versions = versions if isinstance(versions, dict) else {}
+    buildah = upstream_version(str(versions.get("buildah", "")))
+    skopeo = upstream_version(str(versions.get("skopeo", "")))
+    if buildah is None or skopeo is None:
+        raise ConfigurationError(
+            f"toolchain: the debian13 rootfs records no buildah/skopeo version ({versions}): "
+            "delete its cache directory (~/.cache/multiarch-builder/toolchain) to rebuild it")
+    return buildah, text_of(skopeo)
+
+
 @functools.cache
-def local_tools() -> str:
+def local_tools(toolchain: str = "host") -> str:
     """`buildah 1.28.2, skopeo 1.9.3`: what the local runner builds and exports with."""
+    if toolchain != "host":
+        buildah, skopeo = _toolchain_versions()
+        return f"buildah {text_of(buildah)}, skopeo {skopeo} (Debian 13 toolchain)"
     done = capture(["skopeo", "--version"], what="asking skopeo its version",
                    timeout_s=VERSION_TIMEOUT_S)
     skopeo = done.stdout.split()[2] if done.ok and len(done.stdout.split()) > 2 else "?"

@@ -140,6 +140,16 @@ def auth_file_candidates(env: Mapping[str, str] | None = None) -> list[Path]:
     return [entry.path for entry in auth_files(env)]
 
 
+def trust_and_auth_paths(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Every existing file or directory this module reads trust or credentials from: the
+    auth files, the certs.d roots, SSL_CERT_FILE and SSL_CERT_DIR. What a tool run in
+    another root (multiarch.toolchain) must see to trust and log in as we do."""
+    env = os.environ if env is None else env
+    found = [*auth_file_candidates(env), *certs_dirs(env)]
+    found += [Path(env[name]) for name in ("SSL_CERT_FILE", "SSL_CERT_DIR") if env.get(name)]
+    return [path for path in found if path.is_absolute() and path.exists()]
+
+
 def _normal_key(key: str) -> str:
     """`https://host:5000/v2/` -> `host:5000`; `host/ns/repo` stays (a namespace key)."""
     key = _SCHEME.sub("", key).rstrip("/")

@@ -87,6 +87,12 @@ class RunnerOptions(BaseModel):
     keep_shared: bool = Field(
         False, description="Keep the run's handoff directory after a successful publish."
     )
+    toolchain: Literal["host", "debian13"] = Field(
+        "host", description="The buildah and skopeo the local runner builds with: `host` "
+        "(this machine's packages) or `debian13` (Debian 13's buildah 1.39 and skopeo 1.18, "
+        "from a trixie root filesystem mmdebstrap builds once and caches under "
+        "~/.cache/multiarch-builder/toolchain: heredocs, ADD --checksum, RUN --network). "
+        "Kubernetes pods run their builder image's.")
     kubernetes: KubernetesOptions = Field(
         default_factory=KubernetesOptions, description="Options of the kubernetes runner."
     )
@@ -95,6 +101,14 @@ class RunnerOptions(BaseModel):
         description="Name of a Prefect Secret block holding git credentials "
         "(https://USER:TOKEN@HOST lines) for a git context; never the credentials themselves.",
     )
+
+    @model_validator(mode="after")
+    def _toolchain_is_local(self) -> RunnerOptions:
+        if self.kind != "local" and self.toolchain != "host":
+            raise ValueError(
+                f"toolchain: {self.toolchain} is for the local runner; {self.kind} builds run "
+                "their builder image's tools: leave toolchain out (or set builder_image)")
+        return self
 
     @field_validator("work_dir", "shared_dir")
     @classmethod

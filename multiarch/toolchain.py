@@ -2,7 +2,7 @@
 
 The builders use Debian 13's buildah (1.39), skopeo (1.18), runc and netavark. Those
 packages need glibc 2.38 and cannot be installed on a Debian 12 host, so on one machine
-they run from a trixie root filesystem (devtools/toolchain_rootfs.py builds and caches it):
+they run from a trixie root filesystem (multiarch/toolchain_rootfs.py builds and caches it):
 `enter_argv` turns a step's argv, e.g. `("buildah", "--root", R, ..., "build", ...)`, into
 an argv that runs the same command inside that rootfs. Nothing here starts a process; the
 result is an argv like every other step's (multiarch.plan) and runs through `run_step`.

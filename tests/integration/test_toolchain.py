@@ -1,5 +1,5 @@
 """The Debian 13 toolchain, for real: buildah 1.39 and skopeo 1.18 from the cached trixie
-rootfs (devtools/toolchain_rootfs.py; built on a miss, about a minute), run through
+rootfs (multiarch/toolchain_rootfs.py; built on a miss, about a minute), run through
 multiarch/toolchain.py and `run_step` exactly as a plan step would be.
 
 Every test checks the host afterwards: /proc/self/mountinfo has no new entry, no process
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from devtools.toolchain_rootfs import ensure_rootfs
 from multiarch.errors import StepFailed
 from multiarch.process import Step, run_step
 from multiarch.toolchain import Toolchain, emulation_problem, wrap_step
+from multiarch.toolchain_rootfs import ensure_rootfs
 from tests.faults.hoststate import processes_with
 from tests.sessions import REPO_ROOT, Playground
 

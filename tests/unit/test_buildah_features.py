@@ -30,11 +30,11 @@ COPY --chmod=0755 run.sh /run.sh
 def test_buildah_1_28_refuses_each_line_with_its_release():
     assert unsupported(MODERN, (1, 28, 2), path="build/Containerfile") == [
         "build/Containerfile line 2: heredocs (<<EOF) needs buildah 1.35.0 or later, "
-        "the builder has 1.28.2",
+        "the builder has 1.28.2; --toolchain debian13 builds with buildah 1.39.0",
         "build/Containerfile line 6: ADD --checksum needs buildah 1.39.0 or later, "
-        "the builder has 1.28.2",
+        "the builder has 1.28.2; --toolchain debian13 builds with buildah 1.39.0",
         "build/Containerfile line 7: RUN --network needs buildah 1.39.0 or later, "
-        "the builder has 1.28.2",
+        "the builder has 1.28.2; --toolchain debian13 builds with buildah 1.39.0",
         "build/Containerfile line 8: COPY --parents needs buildah 1.40.0 or later, "
         "the builder has 1.28.2",
         "build/Containerfile line 9: COPY --link needs buildah 1.41.0 or later, "

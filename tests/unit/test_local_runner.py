@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -34,7 +36,9 @@ def amd64_host(monkeypatch):
 
 
 def test_native_platform_needs_no_emulation(amd64_host):
-    assert local.preflight(request("linux/amd64")) == ["linux/amd64: native on this amd64 host"]
+    notes = local.preflight(request("linux/amd64"))
+    assert notes[0] == "linux/amd64: native on this amd64 host"
+    assert re.fullmatch(r"toolchain: buildah \d+\.\d+\.\d+, skopeo \d+\.\d+\.\d+", notes[1])
 
 
 def test_foreign_platform_without_permission_is_refused(amd64_host):
@@ -114,3 +118,42 @@ def test_mounts_under_finds_nested_mounts_deepest_first(tmp_path):
         "/w/builds/r/storage/root/overlay",
     ]
     assert mounts_under(Path("/w/builds/r space"), mountinfo) == ["/w/builds/r space"]
+
+
+def test_the_debian13_toolchain_is_for_the_local_runner_only():
+    with pytest.raises(ValueError, match="toolchain: debian13 is for the local runner"):
+        RunnerOptions(kind="kubernetes", toolchain="debian13")
+    assert RunnerOptions(toolchain="debian13").toolchain == "debian13"
+
+
+def test_toolchain_steps_bind_the_work_dir_writable_and_named_paths_read_only(
+        tmp_path, monkeypatch):
+    from multiarch import toolchain
+    from multiarch.process import Step
+    from multiarch.runners.local import toolchain_steps
+    from multiarch.toolchain import ENTER_SCRIPT, Toolchain
+
+    monkeypatch.setattr(toolchain, "DEFAULT_BINDS", ())  # else tmp_path is under /tmp's bind
+
+    work, context, auth = tmp_path / "work", tmp_path / "ctx", tmp_path / "auth.json"
+    for directory in (work, context):
+        directory.mkdir()
+    auth.write_text("{}")
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    steps = [
+        Step(name="fetch", argv=("sh", "-c", "git fetch", "fetch", "file:///srv/repo")),
+        Step(name="build", argv=("buildah", "--root", f"{work}/s/root", "build",
+                                 "--file", f"{context}/Containerfile", str(context))),
+    ]
+    fetch, build = toolchain_steps.in_toolchain(
+        steps, toolchain=Toolchain(rootfs="/tc/rootfs", scratch="/tc/mnt"),
+        writable=[str(work)], emulated=False)
+    assert fetch == steps[0]  # git runs on the host, with the host's repository and helper
+    assert ENTER_SCRIPT in build.argv
+    options = list(build.argv[:build.argv.index("--")])
+    assert build.argv[build.argv.index("--") + 1:] == steps[1].argv
+    pairs = set(itertools.pairwise(options))
+    assert ("--bind", str(work)) in pairs
+    assert ("--ro-bind", str(context)) in pairs  # the context: read, never written
+    assert ("--ro-bind", str(auth)) in pairs  # the same logins as our registry client
+    assert ("--ro-bind", f"{work}/s") not in pairs and "--binfmt" not in options

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools import toolchain_rootfs
-from devtools.toolchain_rootfs import Recipe, cache_root, ensure_rootfs
+from multiarch import toolchain_rootfs
 from multiarch.errors import ConfigurationError
 from multiarch.handoff.layouts import export_step
 from multiarch.plan import PlanPaths, plan_build
@@ -31,6 +30,7 @@ from multiarch.toolchain import (
     normalise_binds,
     wrap_step,
 )
+from multiarch.toolchain_rootfs import Recipe, cache_root, ensure_rootfs
 
 TOOLCHAIN = Toolchain(rootfs="/cache/tc/k1/rootfs", scratch="/cache/tc/k1/mnt")
 PYTHON = "/usr/bin/python3"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,26 +25,37 @@ from multiarch.build_secrets import (
 )
 from multiarch.buildah_features import local_tools
 from multiarch.cache_mounts import cache_mounts
-from multiarch.emulation import emulation_status, host_architecture
+from multiarch.emulation import emulation_status, host_architecture, qemu_name
 from multiarch.errors import ConfigurationError, StepFailure
 from multiarch.handoff import handoff_named
 from multiarch.oci import read_layout_image
 from multiarch.plan import PlanPaths, plan_build, sandbox_tmp
 from multiarch.platforms import Platform
-from multiarch.process import run_step
+from multiarch.process import Step, run_step
 from multiarch.publish import publish_request
 from multiarch.request import BuildRequest
 from multiarch.results import BuildResult, PlatformImage
 from multiarch.runclaim import RUNS_DIR, remove_tree
 from multiarch.runners import LineLogger, RunContext
+from multiarch.runners.local.toolchain_steps import in_toolchain, toolchain_for
 from multiarch.source import PinnedSource, write_git_store
 from multiarch.tagjournal import journal_path
+from multiarch.toolchain import ENTER_SCRIPT, emulation_problem
 from multiarch.workspace import RunDirs
 
 # Tool -> the Debian package that ships it. runc runs each RUN step in its own
 # namespaces (buildah --isolation oci); unshare gives each step a PID namespace.
 REQUIRED_TOOLS = {"buildah": "buildah", "skopeo": "skopeo", "runc": "runc",
                   "unshare": "util-linux"}
+# With the debian13 toolchain buildah, skopeo and runc come from its rootfs.
+TOOLCHAIN_HOST_TOOLS = {"unshare": "util-linux"}
+LineEmit = Callable[[str], None]
+
+
+def describe(step: Step) -> str:
+    """The first words of the step's own command (after a toolchain helper's `--`)."""
+    argv = step.argv[step.argv.index("--") + 1:] if ENTER_SCRIPT in step.argv else step.argv
+    return " ".join(argv[:4])
 
 
 def platform_paths(request: BuildRequest, dirs: RunDirs, platform: Platform) -> PlanPaths:
@@ -63,9 +74,14 @@ def is_native(platform: Platform) -> bool:
     return platform.architecture == host_architecture()
 
 
-def preflight(request: BuildRequest) -> list[str]:
-    """Check tools and emulation before any build starts; returns notes for the log."""
-    wanted = {**REQUIRED_TOOLS, **({"git": "git"} if request.is_git else {})}
+def preflight(request: BuildRequest, emit: LineEmit | None = None) -> list[str]:
+    """Check tools and emulation before any build starts; returns notes for the log.
+
+    With `toolchain: debian13` the rootfs is built here on a miss (about a minute, once per
+    machine), so a build never starts without its tools."""
+    toolchain = toolchain_for(request.runner.toolchain, emit)
+    wanted = {**(REQUIRED_TOOLS if toolchain is None else TOOLCHAIN_HOST_TOOLS),
+              **({"git": "git"} if request.is_git else {})}
     missing = {tool: package for tool, package in wanted.items() if shutil.which(tool) is None}
     if missing:
         raise ConfigurationError(
@@ -89,7 +105,13 @@ def preflight(request: BuildRequest) -> list[str]:
             raise ConfigurationError(
                 f"platforms: {platform} needs QEMU emulation, but {status.reason}"
             )
+        problem = None if toolchain is None else emulation_problem(
+            qemu_name(platform.architecture))
+        if problem is not None:
+            raise ConfigurationError(f"platforms: {platform} under the debian13 toolchain: "
+                                     f"{problem}")
         notes.append(f"{platform}: emulated with QEMU on this {host} host")
+    notes.append(f"toolchain: {local_tools(request.runner.toolchain)}")
     return notes
 
 
@@ -120,6 +142,11 @@ def _build_platform(request: BuildRequest, source: PinnedSource, platform: Platf
                     tmpdir=str(short_tmp / SHORT_TMP_LINK) if short_tmp else None)
     plan = plan_build(request, source, platform, paths, run_id=dirs.run_id)
     layout = Path(plan.layout)
+    steps = plan.steps
+    toolchain = toolchain_for(request.runner.toolchain)
+    if toolchain is not None:
+        steps = in_toolchain(steps, toolchain=toolchain, emulated=not is_native(platform),
+                             writable=[str(dirs.work), str(layout.parent)])
     _fresh_dir(scratch)
     Path(sandbox_tmp(paths)).mkdir(parents=True)
     if paths.tmpdir:
@@ -133,8 +160,8 @@ def _build_platform(request: BuildRequest, source: PinnedSource, platform: Platf
     try:
         with cache_mounts(dirs.work, platform, tmpdir=Path(sandbox_tmp(paths))), \
                 local_secrets(request, secrets_dir) as secrets:
-            for step in plan.steps:
-                log.info(f"{label} step {step.name}: {' '.join(step.argv[:4])} ...")
+            for step in steps:
+                log.info(f"{label} step {step.name}: {describe(step)} ...")
                 try:  # a RUN step that prints a secret's value: masked in logs and errors
                     run_step(step, emit=lambda line: log.info(f"{label} {secrets.mask(line)}"),
                              deadline=deadline, label=label)
@@ -158,7 +185,7 @@ def _build_platform(request: BuildRequest, source: PinnedSource, platform: Platf
         reference=None if shared else request.image.with_digest(image.manifest_digest),
         node_architecture=host_architecture(),
         node=socket.gethostname(),
-        builder=local_tools(),
+        builder=local_tools(request.runner.toolchain),
         started_at=started_at,
         finished_at=datetime.now(UTC),
     )

@@ -28,12 +28,13 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,7 @@ DPKG_OPTIONS = (
 # podman0) on the same subnet gets the host's replies routed to the first one: a RUN step
 # then has no DNS and no network at all. runc: the only runtime installed.
 CONTAINERS_CONF = """\
-# Written by devtools/toolchain_rootfs.py
+# Written by multiarch/toolchain_rootfs.py
 [network]
 network_backend = "netavark"
 firewall_driver = "nftables"
@@ -158,9 +159,11 @@ def cache_root(env: dict[str, str] | None = None) -> Path:
 
 
 def ensure_rootfs(*, cache_dir: Path | None = None, recipe: Recipe | None = None,
-                  timeout_s: float = BUILD_TIMEOUT_S) -> ToolchainRootfs:
+                  timeout_s: float = BUILD_TIMEOUT_S,
+                  emit: Callable[[str], None] | None = None) -> ToolchainRootfs:
     """The cached toolchain rootfs of `recipe` (default: the host's architecture), built on
-    a miss with one line on stderr. Concurrent callers build it once (a lock per key)."""
+    a miss with one line to `emit` (default stderr). Concurrent callers build it once (a
+    lock per key)."""
     recipe = recipe or Recipe(arch=host_architecture())
     root = (cache_dir or cache_root()).resolve()
     key = recipe.key()
@@ -174,7 +177,8 @@ def ensure_rootfs(*, cache_dir: Path | None = None, recipe: Recipe | None = None
         cached = _load(final, key)
         if cached is not None:
             return cached
-        return _build(recipe, root=root, final=final, key=key, timeout_s=timeout_s)
+        return _build(recipe, root=root, final=final, key=key, timeout_s=timeout_s,
+                      emit=emit or _stderr)
 
 
 def _load(final: Path, key: str) -> ToolchainRootfs | None:
@@ -184,8 +188,12 @@ def _load(final: Path, key: str) -> ToolchainRootfs | None:
     return ToolchainRootfs(path=final, key=key, manifest=json.loads(manifest_file.read_text()))
 
 
-def _build(recipe: Recipe, *, root: Path, final: Path, key: str,
-           timeout_s: float) -> ToolchainRootfs:
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _build(recipe: Recipe, *, root: Path, final: Path, key: str, timeout_s: float,
+           emit: Callable[[str], None]) -> ToolchainRootfs:
     mmdebstrap = shutil.which("mmdebstrap")
     if mmdebstrap is None:
         raise ConfigurationError(
@@ -205,9 +213,9 @@ def _build(recipe: Recipe, *, root: Path, final: Path, key: str,
         *(f"--dpkgopt={option}" for option in DPKG_OPTIONS),
         "--quiet", recipe.suite, str(rootfs), *recipe.sources(),
     ]
-    print(f"toolchain: building the Debian {recipe.suite} rootfs for {recipe.arch} "
-          f"({', '.join(recipe.packages)}) with mmdebstrap into {final} "
-          "(about a minute, once per recipe)", file=sys.stderr, flush=True)
+    emit(f"toolchain: building the Debian {recipe.suite} rootfs for {recipe.arch} "
+         f"({', '.join(recipe.packages)}) with mmdebstrap into {final} "
+         "(about a minute, once per recipe)")
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
     started = time.monotonic()
     try:
@@ -250,6 +258,14 @@ def _build(recipe: Recipe, *, root: Path, final: Path, key: str,
     loaded = _load(final, key)
     assert loaded is not None
     return loaded
+
+
+def upstream_version(package_version: str) -> tuple[int, int, int] | None:
+    """`1.39.3+ds1-1` (a Debian version) -> (1, 39, 3); None when it does not start so."""
+    match = re.match(r"(?:\d+:)?(\d+)\.(\d+)(?:\.(\d+))?", package_version)
+    if match is None:
+        return None
+    return int(match[1]), int(match[2]), int(match[3] or 0)
 
 
 def package_versions(rootfs: Path, packages: Sequence[str] = VERSION_PACKAGES) -> dict[str, str]:
