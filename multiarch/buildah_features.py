@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from multiarch.containerfile import numbered_instructions
+from multiarch.containerfile import numbered_instructions, stages
 from multiarch.errors import ConfigurationError
 from multiarch.process import capture
 
@@ -28,6 +28,8 @@ Version = tuple[int, int, int]
 _VERSION = re.compile(r"buildah version (\d+)\.(\d+)\.(\d+)")
 _HEREDOC_START = re.compile(r"<<-?[\"']?[A-Za-z_]")
 VERSION_TIMEOUT_S = 30.0
+# `FROM --platform=` values that name the platform being built anyway.
+TARGET_PLATFORM = ("$TARGETPLATFORM", "${TARGETPLATFORM}")
 # The buildah of Debian 13 (trixie), the local runner's `--toolchain debian13`.
 DEBIAN13_BUILDAH: Version = (1, 39, 0)
 
@@ -145,10 +147,45 @@ def local_tools(toolchain: str = "host") -> str:
     return f"buildah {text_of(local_buildah_version())}, skopeo {skopeo}"
 
 
-def check_supported(text: str, version: Version, *, path: str) -> str:
-    """ConfigurationError listing every line this buildah cannot build; else a note."""
-    refused = unsupported(text, version, path=path)
+def platform_pitfalls(text: str, version: Version, *, path: str,
+                      build_args: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(refusals, notes) for `FROM --platform`, as each buildah treats it (measured).
+
+    buildah 1.28 ignores the flag: the stage runs for the target platform, emulated for a
+    foreign one, and its result is still that platform's (a note). buildah 1.39 honours it,
+    but a later `FROM IMAGE` of an image an earlier stage pulled with `--platform` gets
+    that stage's copy (buildah issue 4742): an arm64 image of amd64 binaries, refused.
+    """
+    found = stages(text, build_args)
+    aliases = {stage.alias for stage in found if stage.alias}
+    refusals: list[str] = []
+    notes: list[str] = []
+    for stage in found:
+        if stage.platform in (None, *TARGET_PLATFORM) or stage.base in aliases:
+            continue
+        if version < DEBIAN13_BUILDAH:
+            notes.append(
+                f"file: {path} line {stage.line}: buildah {text_of(version)} ignores FROM "
+                f"--platform={stage.platform}: that stage runs for each target platform "
+                "(under QEMU for a foreign one); --toolchain debian13 runs it natively")
+            continue
+        for later in found:
+            if later.line > stage.line and later.platform is None and later.base == stage.base:
+                refusals.append(
+                    f"{path} line {later.line}: FROM {later.base} after line {stage.line}'s "
+                    f"FROM --platform={stage.platform} of the same image: buildah "
+                    f"{text_of(version)} gives it line {stage.line}'s platform's image "
+                    "(buildah issue 4742), so each platform's image would hold that "
+                    f"platform's binaries; write FROM --platform=$TARGETPLATFORM {later.base}")
+    return refusals, notes
+
+
+def check_supported(text: str, version: Version, *, path: str,
+                    build_args: Mapping[str, str] | None = None) -> list[str]:
+    """ConfigurationError listing every line this buildah cannot build right; else notes."""
+    pitfalls, notes = platform_pitfalls(text, version, path=path, build_args=build_args or {})
+    refused = [*unsupported(text, version, path=path), *pitfalls]
     if refused:
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         raise ConfigurationError(f"file: {refused[0]}{more}")
-    return f"file: every instruction is one buildah {text_of(version)} builds"
+    return [f"file: every instruction is one buildah {text_of(version)} builds", *notes]

@@ -28,6 +28,8 @@ _ARG_REF = re.compile(r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<defau
 class Stage:
     base: str  # what FROM names, after ARG substitution
     alias: str | None
+    platform: str | None = None  # FROM --platform=VALUE as written (`$BUILDPLATFORM`)
+    line: int = 0  # the FROM's line number
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -84,7 +86,7 @@ def stages(text: str, build_args: Mapping[str, str]) -> list[Stage]:
     """Every FROM, with global ARGs (and their build-arg overrides) substituted."""
     global_args: dict[str, str] = {}
     found: list[Stage] = []
-    for keyword, rest in instructions(text):
+    for number, keyword, rest in numbered_instructions(text):
         if keyword == "ARG" and not found:
             global_args.update([_global_arg(rest, build_args)])
         elif keyword == "FROM":
@@ -92,7 +94,10 @@ def stages(text: str, build_args: Mapping[str, str]) -> list[Stage]:
             if not words:
                 continue
             alias = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
-            found.append(Stage(base=substitute(words[0], global_args), alias=alias))
+            platform = next((value for name, value in _flag_values(rest)
+                             if name == "platform" and value), None)
+            found.append(Stage(base=substitute(words[0], global_args), alias=alias,
+                               platform=platform, line=number))
     return found
 
 

@@ -159,8 +159,9 @@ def check_buildah_features(request: BuildRequest, source: PinnedSource | None) -
     text = _containerfile(request, source)
     if text is None:
         return ["file: checked once the git source is pinned"]
-    return [check_supported(text, local_buildah_version(request.runner.toolchain),
-                            path=request.containerfile or "Containerfile")]
+    return check_supported(text, local_buildah_version(request.runner.toolchain),
+                           path=request.containerfile or "Containerfile",
+                           build_args=request.build_args)
 
 
 def _pinned(request: BuildRequest, source: PinnedSource | None) -> PinnedSource | None:

@@ -171,3 +171,50 @@ def test_the_host_buildah_refuses_it_before_any_build_naming_the_toolchain(playg
     assert "line 3: heredocs (<<EOF) needs buildah 1.35.0 or later" in message
     assert "--toolchain debian13" in message
     assert not (work / "builds").exists()
+
+
+CROSS = """\
+ARG BASE
+FROM --platform=$BUILDPLATFORM ${BASE} AS build
+ARG BUILDPLATFORM
+ARG BUILDOS
+ARG BUILDARCH
+ARG TARGETARCH
+RUN echo "$BUILDPLATFORM $BUILDOS $BUILDARCH for $TARGETARCH on $(uname -m)" > /cross
+FROM --platform=$TARGETPLATFORM ${BASE}
+COPY --from=build /cross /cross
+RUN uname -m > /final-arch
+"""
+
+
+def test_a_build_platform_stage_runs_natively_and_each_final_stage_is_its_platform(
+        playground, tmp_path):
+    context = tmp_path / "cross"
+    context.mkdir()
+    (context / "Containerfile").write_text(CROSS)
+    result = build_and_publish(request(playground, context, tmp_path / "work", "debian13",
+                                       "cross"), log=_Quiet())
+    for image in result.platforms:
+        arch = image.platform.architecture
+        scratch = tmp_path / arch
+        scratch.mkdir()
+        files = pulled_files(f"{playground.address}/tests/modern@{image.digest}", scratch)
+        # the cross stage ran natively on this amd64 host, told what it builds for
+        assert files["/cross"][1] == f"linux/amd64 linux amd64 for {arch} on x86_64\n".encode()
+        machine = {"amd64": "x86_64", "arm64": "aarch64"}[arch]
+        assert files["/final-arch"][1] == f"{machine}\n".encode()
+
+
+def test_a_later_from_of_the_build_platform_image_is_refused_before_any_build(
+        playground, tmp_path):
+    """buildah 1.39 (issue 4742) would give the arm64 image the amd64 base: never publish it."""
+    context = tmp_path / "cross"
+    context.mkdir()
+    (context / "Containerfile").write_text(
+        CROSS.replace("FROM --platform=$TARGETPLATFORM ${BASE}", "FROM ${BASE}"))
+    work = tmp_path / "work"
+    with pytest.raises(ConfigurationError, match=r"line 8: FROM .*\(buildah issue 4742\).*"
+                       r"write FROM --platform=\$TARGETPLATFORM"):
+        build_and_publish(request(playground, context, work, "debian13", "wrong"),
+                          log=_Quiet())
+    assert not (work / "builds").exists()

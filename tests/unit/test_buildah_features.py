@@ -66,7 +66,7 @@ def test_buildah_1_39_refuses_only_what_it_lacks():
 def test_a_heredoc_body_is_not_checked_and_a_shift_is_not_a_heredoc():
     text = "FROM b:1\nRUN echo $((1 << 2))\nCOPY --chmod=0644 a /a\n"
     assert unsupported(text, (1, 28, 2)) == []
-    assert check_supported(text, (1, 28, 2), path="Containerfile").startswith("file: every")
+    assert check_supported(text, (1, 28, 2), path="Containerfile")[0].startswith("file: every")
 
 
 def test_the_refusal_is_one_line_with_a_count():
@@ -87,3 +87,39 @@ def test_preflight_refuses_a_local_context_before_any_build(tmp_path: Path):
                            context=str(tmp_path))
     with pytest.raises(ConfigurationError, match=r"line 2: COPY --link needs buildah 1\.41"):
         preflight.check_buildah_features(request, None)
+
+
+CROSS = """\
+ARG BASE=busybox
+FROM --platform=$BUILDPLATFORM ${BASE} AS build
+RUN make
+FROM ${BASE}
+COPY --from=build /out /out
+"""
+
+
+def test_a_later_from_of_an_image_pulled_for_the_build_platform_is_refused_on_1_39():
+    with pytest.raises(ConfigurationError) as refused:
+        check_supported(CROSS, (1, 39, 3), path="Containerfile", build_args={})
+    assert str(refused.value) == (
+        "file: Containerfile line 4: FROM busybox after line 2's FROM "
+        "--platform=$BUILDPLATFORM of the same image: buildah 1.39.3 gives it line 2's "
+        "platform's image (buildah issue 4742), so each platform's image would hold that "
+        "platform's binaries; write FROM --platform=$TARGETPLATFORM busybox")
+    # the fix it names builds; another final image, or a stage alias, was never affected
+    fixed = CROSS.replace("FROM ${BASE}\n", "FROM --platform=$TARGETPLATFORM ${BASE}\n")
+    assert check_supported(fixed, (1, 39, 3), path="Containerfile") == [
+        "file: every instruction is one buildah 1.39.3 builds"]
+    other = CROSS.replace("FROM ${BASE}\n", "FROM alpine\n")
+    assert len(check_supported(other, (1, 39, 3), path="Containerfile")) == 1
+    # the build arg decides what ${BASE} is: a final FROM of another image is fine
+    assert len(check_supported(CROSS.replace("FROM ${BASE}\n", "FROM busybox:1.36\n"),
+                               (1, 39, 3), path="Containerfile", build_args={})) == 1
+
+
+def test_buildah_1_28_ignoring_from_platform_is_a_note_naming_the_toolchain():
+    notes = check_supported(CROSS, (1, 28, 2), path="Containerfile")
+    assert notes[1] == (
+        "file: Containerfile line 2: buildah 1.28.2 ignores FROM --platform=$BUILDPLATFORM: "
+        "that stage runs for each target platform (under QEMU for a foreign one); "
+        "--toolchain debian13 runs it natively")
