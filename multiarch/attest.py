@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from multiarch import provenance, referrers, sbom, signing
 from multiarch.credentials import clean_url
 from multiarch.errors import PublishError
+from multiarch.oci import layout_from_dir
 from multiarch.process import capture
 from multiarch.provenance import ProvenanceInputs, redact_build_args
 from multiarch.rebuild import Fingerprint
@@ -233,13 +234,15 @@ def _layout_of(built: PlatformImage, *, image: ImageReference, insecure: bool
     try:
         source = f"docker://{image.with_digest(built.digest)}"
         tls = ["--src-tls-verify=false"] if insecure else []
-        done = capture(["skopeo", "copy", "--quiet", "--retry-times", RETRY_TIMES, *tls,
-                        source, f"oci:{scratch / 'layout'}:image"],
+        # into `dir:`, which keeps the manifest and config as pushed (OCI or Docker)
+        done = capture(["skopeo", "copy", "--quiet", "--preserve-digests", "--retry-times",
+                        RETRY_TIMES, *tls, source, f"dir:{scratch / 'pulled'}"],
                        what=f"pulling {built.platform} for its SBOM",
                        timeout_s=SBOM_PULL_TIMEOUT_S)
         if not done.ok:
             raise PublishError(f"pulling {source} for its SBOM failed: "
                                f"{skopeo_error_line(done.stderr.splitlines())}")
+        layout_from_dir(scratch / "pulled", scratch / "layout", ref_name="image")
         yield scratch / "layout", "image"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -9,8 +9,8 @@ the build, and the refusal names the line and the buildah release that has the f
 Versions: heredocs came in buildah 1.35, `COPY --parents` in 1.40, `COPY/ADD --link` in
 1.41 (buildah's changelog); `ADD --checksum` and `RUN --network` are refused by 1.28 and
 work in 1.39 (Debian 13), measured here, so 1.39 is the release named for them.
-SHELL, HEALTHCHECK and ONBUILD exist only in Docker's image config; the builds here make
-OCI images, so they are refused too rather than silently dropped.
+SHELL, HEALTHCHECK and ONBUILD exist only in Docker's image config; an OCI build (the
+default) would silently drop them, so there they are refused, naming `--format docker`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Feature:
     since: Version | None  # None: no buildah release does what BuildKit does
     applies: Callable[[str, str], bool]  # (INSTRUCTION, arguments) -> uses it
     why: str = ""  # for `since=None`: what goes wrong, and the fix
+    docker_has_it: bool = False  # a docker-format build (--format docker) keeps it
 
 
 def _flags(rest: str) -> set[str]:
@@ -70,7 +71,8 @@ FEATURES = (
     *(Feature(keyword, None, lambda k, _, word=keyword: k == word,
               f"the OCI image config has no {keyword}: buildah drops it from an OCI build"
               + (" and runs the RUN steps after it with /bin/sh -c" if keyword == "SHELL"
-                 else "") + f"; {fix}")
+                 else "") + f"; build with --format docker to keep it, or {fix}",
+              docker_has_it=True)
       for keyword, fix in (
           ("SHELL", 'write the shell into each RUN (RUN ["bash", "-o", "pipefail", "-c", '
                     '"..."])'),
@@ -84,12 +86,15 @@ def text_of(version: Version) -> str:
     return ".".join(str(part) for part in version)
 
 
-def unsupported(text: str, version: Version, *, path: str = "Containerfile") -> list[str]:
+def unsupported(text: str, version: Version, *, path: str = "Containerfile",
+                image_format: str = "oci") -> list[str]:
     """One line per use of a feature `version` lacks, naming the line and the fix."""
     found = []
     for number, keyword, rest in numbered_instructions(text):
         for feature in FEATURES:
             if feature.since is not None and version >= feature.since:
+                continue
+            if feature.docker_has_it and image_format == "docker":
                 continue
             if feature.applies(keyword, rest):
                 found.append(_refusal(feature, path=path, number=number, version=version))
@@ -181,10 +186,11 @@ def platform_pitfalls(text: str, version: Version, *, path: str,
 
 
 def check_supported(text: str, version: Version, *, path: str,
-                    build_args: Mapping[str, str] | None = None) -> list[str]:
+                    build_args: Mapping[str, str] | None = None,
+                    image_format: str = "oci") -> list[str]:
     """ConfigurationError listing every line this buildah cannot build right; else notes."""
     pitfalls, notes = platform_pitfalls(text, version, path=path, build_args=build_args or {})
-    refused = [*unsupported(text, version, path=path), *pitfalls]
+    refused = [*unsupported(text, version, path=path, image_format=image_format), *pitfalls]
     if refused:
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         raise ConfigurationError(f"file: {refused[0]}{more}")

@@ -19,6 +19,7 @@ from multiarch.ocispec import (
     IMAGE_MANIFEST_TYPES,
     LAYOUT_FILE_CONTENT,
     MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_MANIFEST,
     REF_NAME_ANNOTATION,
     sha256_digest,
 )
@@ -200,6 +201,29 @@ def write_index_layout(
         json.dumps({"schemaVersion": 2, "manifests": [entry]}, separators=(",", ":"))
     )
     return digest
+
+
+def layout_from_dir(directory: Path, destination: Path, *, ref_name: str) -> None:
+    """A containers `dir:` copy (manifest.json, blobs named by hex) as an OCI layout, by
+    hard links: the manifest exactly as pulled, an OCI or a Docker one, never converted
+    (a `skopeo copy` into `oci:` would rewrite a Docker config without its HEALTHCHECK)."""
+    blobs = destination / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    (destination / "oci-layout").write_text(LAYOUT_FILE_CONTENT)
+    manifest = (directory / "manifest.json").read_bytes()
+    for path in directory.iterdir():
+        if path.name not in ("manifest.json", "version"):
+            link_blob(path, blobs / path.name)
+    digest = sha256_digest(manifest)
+    blob_path(destination, digest).write_bytes(manifest)
+    entry = {
+        "mediaType": json.loads(manifest).get("mediaType", MEDIA_TYPE_MANIFEST),
+        "digest": digest,
+        "size": len(manifest),
+        "annotations": {REF_NAME_ANNOTATION: ref_name},
+    }
+    (destination / "index.json").write_text(
+        json.dumps({"schemaVersion": 2, "manifests": [entry]}, separators=(",", ":")))
 
 
 def link_blob(source: Path, target: Path) -> None:

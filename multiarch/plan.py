@@ -132,6 +132,8 @@ def build_step(
         *isolation,
         "--platform",
         platform.build_text,
+        "--format",
+        request.image_format,
     ]
     if request.insecure_registry:
         argv.append("--tls-verify=false")

@@ -161,7 +161,7 @@ def check_buildah_features(request: BuildRequest, source: PinnedSource | None) -
         return ["file: checked once the git source is pinned"]
     return check_supported(text, local_buildah_version(request.runner.toolchain),
                            path=request.containerfile or "Containerfile",
-                           build_args=request.build_args)
+                           build_args=request.build_args, image_format=request.image_format)
 
 
 def _pinned(request: BuildRequest, source: PinnedSource | None) -> PinnedSource | None:

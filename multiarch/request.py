@@ -190,6 +190,12 @@ class BuildRequest(BaseModel):
         "manifest list over Docker V2 schema 2 manifests of the same blobs, for registries "
         "that reject OCI indexes; gzip layers only).",
     )
+    image_format: Annotated[Literal["oci", "docker"], Cli("--format")] = Field(
+        "oci",
+        description="The image config format: oci, or docker (a Docker image config, which "
+        "alone keeps HEALTHCHECK, ONBUILD and SHELL; exported and published as Docker V2 "
+        "schema 2 manifests, so index_format is docker).",
+    )
     cache: Literal["none", "registry"] = Field(
         "none",
         description="Layer cache: none, or registry (buildah --layers with a cache "
@@ -274,6 +280,24 @@ class BuildRequest(BaseModel):
             raise ValueError(
                 "optional_platforms: every platform is optional, so a run could publish "
                 "nothing: keep at least one platform required (drop one from optional_platforms)")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _docker_images_get_a_docker_index(cls, data: object) -> object:
+        """`image_format: docker` alone means a Docker manifest list too (index_format
+        docker); asking for an OCI index over it is refused by `_check_formats`."""
+        if (isinstance(data, dict) and data.get("image_format") == "docker"
+                and data.get("index_format") is None):
+            return {**data, "index_format": "docker"}
+        return data
+
+    @model_validator(mode="after")
+    def _check_formats(self) -> BuildRequest:
+        if self.image_format == "docker" and self.index_format != "docker":
+            raise ValueError(
+                "index_format: oci cannot hold the Docker image manifests of image_format "
+                "docker: drop index_format (or set it to docker), or build oci images")
         return self
 
     @model_validator(mode="after")

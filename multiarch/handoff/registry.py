@@ -42,6 +42,20 @@ PUSH_SCRIPT = (
 )
 
 
+# A docker-format image (image_format: docker) is a Docker schema 2 manifest in the layout,
+# which skopeo writes there but will not read back ("unsupported manifest MIME types",
+# skopeo 1.9 and 1.18 alike). So it is pushed from a `dir:` copy made of hard links to the
+# layout's blobs, with the manifest as manifest.json: no image byte is copied. Fixed script.
+PUSH_DOCKER_SCRIPT = (
+    'layout=$1 repository=$2 digest_file=$3 dir=$4; shift 4; '
+    'digest=$(cat -- "$digest_file") && rm -rf -- "$dir" && mkdir -p -- "$dir" && '
+    'ln -f -- "$layout"/blobs/sha256/* "$dir"/ && '
+    'ln -f -- "$layout/blobs/sha256/${digest#sha256:}" "$dir/manifest.json" && '
+    "printf 'Directory Transport Version: 1.1\\n' > \"$dir/version\" && "
+    'exec skopeo copy "$@" "dir:$dir" "docker://$repository@$digest"'
+)
+
+
 class RegistryHandoff:
     name: ClassVar[str] = "registry"
 
@@ -54,12 +68,17 @@ class RegistryHandoff:
             raise ValueError("the registry handoff needs a digest file in the plan's paths")
         tls = ["--dest-tls-verify=false"] if request.insecure_registry else []
         report = ["--digestfile", paths.report_file] if paths.report_file else []
-        push = Step(name="push", argv=(
-            "sh", "-c", PUSH_SCRIPT, "push", f"oci:{paths.layout}:{LAYOUT_REF}",
-            request.image.name, paths.digest_file,
-            "--preserve-digests", "--retry-times", RETRY_TIMES, *tls, *report,
-        ))
-        return [export_step(paths, image=image, driver=request.runner.storage_driver), push]
+        options = ("--preserve-digests", "--retry-times", RETRY_TIMES, *tls, *report)
+        if request.image_format == "docker":
+            push = Step(name="push", argv=(
+                "sh", "-c", PUSH_DOCKER_SCRIPT, "push", paths.layout, request.image.name,
+                paths.digest_file, f"{paths.layout}.dir", *options))
+        else:
+            push = Step(name="push", argv=(
+                "sh", "-c", PUSH_SCRIPT, "push", f"oci:{paths.layout}:{LAYOUT_REF}",
+                request.image.name, paths.digest_file, *options))
+        return [export_step(paths, image=image, driver=request.runner.storage_driver,
+                            image_format=request.image_format), push]
 
     def collect(self, images: Sequence[PlatformImage], *, client: RegistryClient,
                 image: ImageReference) -> list[tuple[Platform, LayoutImage]]:

@@ -41,7 +41,8 @@ class SharedLayouts:
 
     def export_steps(self, request: BuildRequest, paths: PlanPaths, *, image: str
                      ) -> list[Step]:
-        return [export_step(paths, image=image, driver=request.runner.storage_driver)]
+        return [export_step(paths, image=image, driver=request.runner.storage_driver,
+                            image_format=request.image_format)]
 
     def collect(self, images: Sequence[PlatformImage], *, client: RegistryClient,
                 image: ImageReference) -> list[tuple[Platform, LayoutImage]]:

@@ -333,6 +333,7 @@ def test_the_build_argv_names_sources_never_values(context, token_file, monkeypa
     assert build.argv == (
         "buildah", "--root", "/s/root", "--runroot", "/s/run", "--storage-driver", "overlay",
         "build", "--isolation", "oci", "--runtime", "runc", "--platform", "linux/amd64",
+        "--format", "oci",
         "--secret", f"id=tok,src={token_file}", "--secret", "id=npm,env=NPM_TOKEN",
         "--secret", "id=blk,src=/s/secrets/blk",
         "--ssh", "default", "--ssh", "git=/keys/id_ed25519",

@@ -51,11 +51,14 @@ def test_docker_only_instructions_are_refused_with_their_fix():
     refused = unsupported(text, (1, 39, 3))
     assert refused[0] == (
         "Containerfile line 2: SHELL: the OCI image config has no SHELL: buildah drops it "
-        "from an OCI build and runs the RUN steps after it with /bin/sh -c; write the shell "
+        "from an OCI build and runs the RUN steps after it with /bin/sh -c; build with "
+        "--format docker to keep it, or write the shell "
         'into each RUN (RUN ["bash", "-o", "pipefail", "-c", "..."])')
     assert refused[1].startswith("Containerfile line 3: HEALTHCHECK: the OCI image config")
     assert "Kubernetes runs probes" in refused[1]
     assert refused[2].startswith("Containerfile line 4: ONBUILD:")
+    # a Docker image config has all three
+    assert unsupported(text, (1, 28, 2), image_format="docker") == []
 
 
 def test_buildah_1_39_refuses_only_what_it_lacks():

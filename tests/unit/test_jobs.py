@@ -147,6 +147,8 @@ def test_build_job_for_arm64_is_exactly_this():
                                 "chroot",
                                 "--platform",
                                 "linux/arm64/v8",
+                                "--format",
+                                "oci",
                                 "--build-arg",
                                 "GREETING=hi $$(id); `x`",
                                 "--label",
