@@ -1,6 +1,6 @@
 """`RUN --mount=type=cache` that persists between runs, per architecture, on one worker.
 
-buildah keeps cache mounts under `$TMPDIR/buildah-cache/<id or target>`, and each build's
+buildah keeps cache mounts under `$TMPDIR/buildah-cache[-UID]/<id or target>`, and each build's
 TMPDIR here is its own scratch (so that a killed build's RUN bundles are where the sweep
 looks): the cache was empty on every run. Each build's `buildah-cache` is instead a link
 to `<work_dir>/cache-mounts/<platform>/`, kept between runs. One directory per platform
@@ -26,7 +26,9 @@ from pathlib import Path
 from multiarch.platforms import Platform
 
 CACHE_MOUNTS_DIR = "cache-mounts"
-BUILDAH_CACHE_NAME = "buildah-cache"  # buildah's name under $TMPDIR (internal/parse)
+# buildah's names under $TMPDIR: `buildah-cache` up to 1.28 (internal/parse), then
+# `buildah-cache-<uid>` (internal/volumes.CacheParent; 1.39 measured). Both are linked.
+BUILDAH_CACHE_NAMES = ("buildah-cache", f"buildah-cache-{os.getuid()}")
 LAST_USED = ".multiarch-last-used"
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600
 
@@ -47,15 +49,17 @@ def _locked(directory: Path, kind: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def cache_mounts(work: Path, platform: Platform, *, tmpdir: Path) -> Iterator[Path]:
-    """Link `tmpdir/buildah-cache` to the platform's cache for the duration of a build."""
+    """Link buildah's cache parent in `tmpdir` to the platform's cache for the duration
+    of a build."""
     directory = cache_dir(work, platform)
     directory.parent.mkdir(parents=True, exist_ok=True)
     with _locked(directory, fcntl.LOCK_SH):  # then made: a prune may just have removed it
         directory.mkdir(exist_ok=True)
         (directory / LAST_USED).touch()
-        link = tmpdir / BUILDAH_CACHE_NAME
-        link.unlink(missing_ok=True)
-        link.symlink_to(directory, target_is_directory=True)
+        for name in BUILDAH_CACHE_NAMES:
+            link = tmpdir / name
+            link.unlink(missing_ok=True)
+            link.symlink_to(directory, target_is_directory=True)
         yield directory
 
 

@@ -103,8 +103,9 @@ def secret_block(prefect_server) -> Iterator[str]:
     Secret.delete(name)
 
 
+@pytest.mark.parametrize("toolchain", ["host", "debian13"])
 def test_run_steps_see_build_secrets_and_no_value_stays_anywhere(
-        playground, prefect_server, secret_block, tmp_path):
+        playground, prefect_server, secret_block, tmp_path, toolchain):
     context = tmp_path / "context"
     context.mkdir()
     (context / "Containerfile").write_text(CONTAINERFILE)
@@ -121,10 +122,12 @@ def test_run_steps_see_build_secrets_and_no_value_stays_anywhere(
         "--build-arg", f"BASE={playground.base}", "--build-arg", "API_TOKEN=not-a-secret",
         "--secret", f"id=tok,src={token_file}", "--secret", f"id=envtok,env={ENV_NAME}",
         "--secret", f"id=blocktok,block={secret_block}",
-        "--insecure-registry", "--work-dir", str(work), "--json",
+        "--insecure-registry", "--work-dir", str(work), "--json", "--toolchain", toolchain,
         api_url=prefect_server, env={ENV_NAME: ENV_VALUE})
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ("Debian 13 toolchain" in result["platforms"][0]["builder"]) == (
+        toolchain == "debian13")
     output = done.stdout + done.stderr
 
     # The RUN step saw each value: their digests are in the image, the values are not.

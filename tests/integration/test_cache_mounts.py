@@ -28,7 +28,9 @@ class _Quiet:
         pass
 
 
-def test_cache_mounts_persist_per_architecture_and_gc_prunes_them(playground, tmp_path):
+@pytest.mark.parametrize("toolchain", ["host", "debian13"])
+def test_cache_mounts_persist_per_architecture_and_gc_prunes_them(playground, tmp_path,
+                                                                  toolchain):
     context, work = tmp_path / "app", tmp_path / "work"
     context.mkdir()
     (context / "Containerfile").write_text(APP)
@@ -39,7 +41,7 @@ def test_cache_mounts_persist_per_architecture_and_gc_prunes_them(playground, tm
             image=image, platforms=["linux/amd64", "linux/arm64"], context=str(context),
             build_args={"BASE": playground.base}, allow_emulation=True,
             insecure_registry=True, supply_chain={"sbom": False, "provenance": False},
-            runner=RunnerOptions(work_dir=str(work))), log=_Quiet())
+            runner=RunnerOptions(work_dir=str(work), toolchain=toolchain)), log=_Quiet())
         return image
 
     build("1")
