@@ -11,40 +11,38 @@ Two ways a build leaks what it should not, both checked before any build starts:
   local and git contexts alike; a symlink that stays inside the context is fine, and the
   bytes of the file it resolves to are what the provenance's digest covers.
 
-Ignore files follow buildah 1.28.2 exactly (read from its source, `pkg/parse.
-ContainerIgnoreFile`, imagebuilder's `ParseIgnore`, containers/storage's `fileutils.
-PatternMatcher`): `<Containerfile>.containerignore` or `<Containerfile>.dockerignore` next to
-the Containerfile (the latter wins when both exist), else `.containerignore`, else
-`.dockerignore` at the context's root; `#` comments in column 1; `!` exceptions; the last
-matching pattern wins; a pattern that matches a directory matches everything under it.
-COPY/ADD sources are matched simply and conservatively: a source covers what its glob
-names and everything below; a source this cannot read exactly (an unknown variable, a
-pattern it cannot compile) covers the whole context; `--from=` copies and URLs send
-nothing from the context.
+Ignore files are read as buildah does in `multiarch.ignore_rules`, what COPY/ADD send in
+`multiarch.copy_sources`, and symlinks resolved inside a tree in `multiarch.context_links`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from multiarch import credentials
-from multiarch.containerfile import instructions, substitute
+from multiarch.context_links import (
+    LinkLoop,
+    Resolution,
+    loop_message,
+    outside_message,
+    resolve_in_tree,
+)
+from multiarch.copy_sources import CopySources, copy_sources
 from multiarch.errors import ConfigurationError, TransientError
+from multiarch.ignore_rules import IgnoreRules, find_ignore_rules
 from multiarch.process import capture, is_transient
 from multiarch.request import BuildRequest
 from multiarch.source import PinnedSource, git_credentials_block, run_git
 
 CONTAINERFILE_NAMES = ("Containerfile", "Dockerfile")  # buildah's lookup, in its order
 SHOWN = 10  # files named in the warning; the rest are counted
-MAX_LINKS = 40  # symlinks followed in one path before it counts as a loop (Linux: 40)
 
 # What looks secret, by name (case-insensitive), anywhere in the context:
 SECRET_DIRS = (".git",)  # shown as `.git/`; their config is read for credentials
@@ -98,276 +96,6 @@ def git_config_has_credentials(text: str) -> bool:
         if password or _TOKEN_USER_RE.search(user):
             return True
     return False
-
-
-# --- ignore files, as buildah 1.28.2 reads them -------------------------------------------
-
-
-def go_clean(path: str) -> str:
-    """Go's filepath.Clean on `/` paths (normpath differs: `//a`, `a/..` at the root)."""
-    rooted = path.startswith("/")
-    parts: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts and parts[-1] != "..":
-                parts.pop()
-            elif not rooted:
-                parts.append("..")
-            continue
-        parts.append(part)
-    cleaned = ("/" if rooted else "") + "/".join(parts)
-    return cleaned or "."
-
-
-def parse_ignore(text: str) -> list[str]:
-    """imagebuilder.ParseIgnore: lines, `#` in column 1 a comment, `/` trimmed both ends."""
-    found = []
-    for line in text.split("\n"):
-        if not line or line[0] == "#":
-            continue
-        line = line.strip("/")
-        if line:
-            found.append(line)
-    return found
-
-
-def _ignore_regex(pattern: str) -> re.Pattern[str] | None:
-    """fileutils' pattern-to-regexp translation; None for a pattern it cannot compile."""
-    out = "^"
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i]
-        if ch == "*":
-            if i + 1 < n and pattern[i + 1] == "*":
-                i += 1
-                if i + 1 < n and pattern[i + 1] == "/":
-                    i += 1
-                out += ".*" if i + 1 >= n else "(.*/)?"
-            else:
-                out += "[^/]*"
-        elif ch == "?":
-            out += "[^/]"
-        elif ch in ".$":
-            out += "\\" + ch
-        elif ch == "\\":
-            if i + 1 >= n:
-                return None
-            i += 1
-            out += "\\" + pattern[i]
-        else:
-            out += ch
-        i += 1
-    try:
-        return re.compile(out + "(/.*)?$")
-    except re.error:
-        return None
-
-
-@dataclass(frozen=True)
-class IgnoreRules:
-    """The excludes of one ignore file; `source` names it (None: there is none)."""
-
-    patterns: tuple[tuple[bool, re.Pattern[str] | None], ...] = ()  # (exception?, regexp)
-    source: str | None = None
-
-    @classmethod
-    def from_lines(cls, excludes: Iterable[str], source: str | None = None) -> IgnoreRules:
-        """fileutils.NewPatternMatcher: trimmed, cleaned, `!` an exception."""
-        patterns = []
-        for raw in excludes:
-            pattern = raw.strip()
-            if not pattern:
-                continue
-            pattern = go_clean(pattern)
-            exception = pattern.startswith("!")
-            if exception:
-                if len(pattern) == 1:
-                    continue  # buildah refuses the whole file; here: no effect
-                pattern = go_clean(pattern[1:]).removeprefix("/")
-            patterns.append((exception, _ignore_regex(pattern)))
-        return cls(patterns=tuple(patterns), source=source)
-
-    @classmethod
-    def from_text(cls, text: str, source: str | None = None) -> IgnoreRules:
-        return cls.from_lines(parse_ignore(text), source)
-
-    def excludes(self, path: str) -> bool:
-        """Is this context path (relative, `/`) left out? The last match wins; a pattern
-        that does not compile matches nothing (so the file counts as sent)."""
-        excluded = False
-        for exception, regexp in self.patterns:
-            if regexp is not None and regexp.match(path):
-                excluded = not exception
-        return excluded
-
-
-def ignore_file_candidates(containerfile: str) -> list[str]:
-    """Where buildah looks, in order; each a path relative to the context. The first pair
-    is one step: of the two beside the Containerfile, `.dockerignore` wins."""
-    return [f"{containerfile}.dockerignore", f"{containerfile}.containerignore",
-            ".containerignore", ".dockerignore"]
-
-
-def find_ignore_rules(containerfile: str, read: Callable[[str], bytes | None]) -> IgnoreRules:
-    """The ignore rules buildah applies; `read(path)` gives a context file's bytes (symlinks
-    followed) or None when it is not there."""
-    for candidate in ignore_file_candidates(containerfile):
-        data = read(candidate)
-        if data is not None:
-            return IgnoreRules.from_text(data.decode("utf-8", errors="replace"), candidate)
-    return IgnoreRules()
-
-
-# --- what COPY/ADD sends -----------------------------------------------------------------
-
-
-_VAR_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)|([A-Za-z_][A-Za-z0-9_]*))")
-_URL_SOURCE_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|git@)")
-
-
-@dataclass(frozen=True)
-class CopySources:
-    """The context paths that the Containerfile's COPY/ADD steps copy (glob patterns)."""
-
-    patterns: tuple[str, ...] = ()
-    everything: bool = False  # a source covers the whole context (`.`, or unreadable)
-
-    def covers(self, path: str) -> bool:
-        """Is this context path copied: named by a source's glob, or below one?"""
-        if self.everything:
-            return True
-        return any(glob_covers(pattern, path) for pattern in self.patterns)
-
-    def may_reach(self, directory: str) -> bool:
-        """Could anything in this context directory be covered (is it worth listing)?"""
-        if self.everything:
-            return True
-        parts = directory.split("/")
-        return any(all((regexp := _glob_regex(glob)) is None or regexp.match(part)
-                       for glob, part in zip(pattern.split("/"), parts, strict=False))
-                   for pattern in self.patterns)
-
-    @property
-    def empty(self) -> bool:
-        return not self.everything and not self.patterns
-
-
-def _glob_regex(component: str) -> re.Pattern[str] | None:
-    """Go's filepath.Match for one path component; None when it cannot be read."""
-    out = ""
-    i, n = 0, len(component)
-    while i < n:
-        ch = component[i]
-        if ch == "*":
-            out += "[^/]*"
-        elif ch == "?":
-            out += "[^/]"
-        elif ch == "[":
-            end = component.find("]", i + 2)
-            if end < 0:
-                return None
-            body = component[i + 1:end]
-            out += "[" + ("^" + body[1:] if body.startswith("^") else body) + "]"
-            i = end
-        elif ch == "\\" and i + 1 < n:
-            i += 1
-            out += re.escape(component[i])
-        else:
-            out += re.escape(ch)
-        i += 1
-    try:
-        return re.compile(out + r"\Z")
-    except re.error:
-        return None
-
-
-def glob_covers(pattern: str, path: str) -> bool:
-    """A COPY source (cleaned, relative) covers `path` when its glob matches the path or
-    one of its parent directories (a directory is copied with everything in it)."""
-    wanted = pattern.split("/")
-    parts = path.split("/")
-    if len(parts) < len(wanted):
-        return False
-    for glob, part in zip(wanted, parts, strict=False):
-        regexp = _glob_regex(glob)
-        if regexp is None:
-            return True  # cannot tell: it covers
-        if not regexp.match(part):
-            return False
-    return True
-
-
-def _split_copy_arguments(rest: str) -> list[str]:
-    """Words of COPY/ADD after the flags: JSON (exec) form or whitespace-separated."""
-    words = rest.split()
-    while words and words[0].startswith("--"):
-        words.pop(0)
-    text = " ".join(words)
-    if text.startswith("["):
-        with contextlib.suppress(ValueError):
-            parsed = json.loads(text)
-            if isinstance(parsed, list) and all(isinstance(w, str) for w in parsed):
-                return parsed
-    return words
-
-
-def copy_sources(text: str, build_args: Mapping[str, str]) -> CopySources:
-    """Every context source of every COPY/ADD, in any stage (a builder stage's files can
-    reach the image through `COPY --from`), variables substituted with what the stage
-    knows (its ARGs with their build args, its ENVs); a variable without a known value
-    makes the source cover everything. Heredocs, URLs and `--from=` copies are skipped."""
-    patterns: list[str] = []
-    global_args: dict[str, str | None] = {}
-    known: dict[str, str | None] | None = None  # None before the first FROM; None: unknown
-    for keyword, rest in instructions(text):
-        if keyword == "FROM":
-            known = {}
-        elif keyword == "ARG":
-            for word in rest.split():
-                name, sep, default = word.partition("=")
-                value = build_args.get(name, default.strip("\"'") if sep else None)
-                if known is None:
-                    global_args[name] = value
-                else:
-                    known[name] = value if value is not None else global_args.get(name)
-        elif keyword == "ENV" and known is not None:
-            for name, value in _env_values(rest).items():
-                known[name] = _expand(value, known)
-        elif keyword in ("COPY", "ADD") and known is not None:
-            if any(word.lower().startswith("--from=") for word in rest.split()
-                   if word.startswith("--")):
-                continue
-            for source in _split_copy_arguments(rest)[:-1]:
-                if source.startswith("<<") or _URL_SOURCE_RE.match(source):
-                    continue
-                expanded = _expand(source, known)
-                cleaned = go_clean("/" + expanded).lstrip("/") if expanded is not None else ""
-                if cleaned in ("", "."):
-                    return CopySources(everything=True)
-                patterns.append(cleaned)
-    return CopySources(patterns=tuple(dict.fromkeys(patterns)))
-
-
-def _expand(value: str, known: Mapping[str, str | None]) -> str | None:
-    """`value` with its variables substituted; None when one has no known value."""
-    names = [braced or plain for braced, plain in _VAR_RE.findall(value)]
-    if any(known.get(name) is None for name in names):
-        return None
-    return substitute(value, {name: known[name] or "" for name in names})
-
-
-def _env_values(rest: str) -> dict[str, str]:
-    first = rest.split(maxsplit=1)[0] if rest.strip() else ""
-    if "=" not in first:  # legacy `ENV NAME value with spaces`
-        name, _, value = rest.partition(" ")
-        return {name: value.strip()} if name else {}
-    values = {}
-    for word in rest.split():
-        name, _, value = word.partition("=")
-        values[name] = value.strip("\"'")
-    return values
 
 
 # --- the verdict, from a listing -----------------------------------------------------------
@@ -438,68 +166,6 @@ def refusal(credentialed: list[str], *, fix_file: str) -> ConfigurationError:
 
 
 # --- symlinks ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """Where a context path leads: `path` inside the tree, or `escape`, the link text that
-    led out of it (an absolute target, or one climbing above the root)."""
-
-    path: str | None
-    escape: str | None = None
-    link: str | None = None  # the symlink whose target is `escape`
-
-
-class LinkLoop(Exception):
-    pass
-
-
-def resolve_in_tree(path: str, link_target: Callable[[str], str | None]) -> Resolution:
-    """Follow symlinks at every level of `path` inside a tree, the way the kernel does
-    (`..` after a link applies to where the link led). `link_target(p)` is the link text
-    of `p`, or None when `p` is not a symlink. Raises LinkLoop after MAX_LINKS links."""
-    pending = list(reversed(path.split("/")))
-    resolved: list[str] = []
-    last_link: tuple[str, str] | None = None  # (link, its text): what led where we are
-    hops = 0
-    while pending:
-        part = pending.pop()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not resolved:
-                link, text = last_link or (None, path)
-                return Resolution(None, escape=text, link=link)
-            resolved.pop()
-            continue
-        candidate = "/".join([*resolved, part])
-        target = link_target(candidate)
-        if target is None:
-            resolved.append(part)
-            continue
-        hops += 1
-        if hops > MAX_LINKS:
-            raise LinkLoop(candidate)
-        if target.startswith("/"):
-            return Resolution(None, escape=target, link=candidate)
-        last_link = (candidate, target)
-        pending.extend(reversed(target.split("/")))
-    return Resolution("/".join(resolved))
-
-
-def outside_message(name: str, where: str, *, context: str) -> ConfigurationError:
-    """`context`: which context, as a phrase; `where`: the file the path leads to, or the
-    link that leads out and its text."""
-    return ConfigurationError(
-        f"containerfile: {name} resolves through a symlink outside {context} "
-        f"({where}), so buildah would read that file from the machine that builds: replace "
-        "the link by the file itself, or point it at a file inside the context")
-
-
-def loop_message(name: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"containerfile: {name} is a symlink loop (more than {MAX_LINKS} links): point it "
-        "at a file inside the context")
 
 
 def local_containerfile(request: BuildRequest, context: Path) -> tuple[str, Path]:

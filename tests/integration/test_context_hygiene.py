@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from multiarch import context_hygiene as hygiene
+from multiarch.copy_sources import copy_sources
 from multiarch.errors import ConfigurationError
+from multiarch.ignore_rules import find_ignore_rules
 from multiarch.preflight import check_context
 from multiarch.rebuild import fingerprint
 from multiarch.request import BuildRequest
@@ -219,10 +221,10 @@ def test_predictions_match_what_buildah_copies(tmp_path):
     copied = sorted(p.relative_to(out / "src").as_posix()
                     for p in (out / "src").rglob("*") if p.is_file())
 
-    rules = hygiene.find_ignore_rules(
+    rules = find_ignore_rules(
         "Containerfile", lambda p: (context / p).read_bytes() if (context / p).is_file()
         else None)
     every = sorted(p.relative_to(context).as_posix() for p in context.rglob("*") if p.is_file())
-    sources = hygiene.copy_sources(COPY_ALL, {})
+    sources = copy_sources(COPY_ALL, {})
     assert [p for p in every if hygiene.sent(p, sources, rules)] == copied
     assert "certs/ca.pem" in copied and "app/.env" in copied and ".env" not in copied

@@ -11,8 +11,11 @@ from typing import Any
 import pytest
 
 from multiarch import context_hygiene as hygiene
-from multiarch.context_hygiene import CopySources, Entry, IgnoreRules
+from multiarch.context_hygiene import Entry
+from multiarch.context_links import LinkLoop, resolve_in_tree
+from multiarch.copy_sources import CopySources, copy_sources
 from multiarch.errors import ConfigurationError
+from multiarch.ignore_rules import IgnoreRules, find_ignore_rules
 from multiarch.preflight import check_context
 from multiarch.rebuild import fingerprint, read_containerfile
 from multiarch.request import BuildRequest
@@ -110,7 +113,7 @@ def test_the_ignore_file_buildah_picks() -> None:
 
     def pick(present: set[str]) -> str | None:
         read = {k: v for k, v in files.items() if k in present}.get
-        return hygiene.find_ignore_rules("Containerfile", read).source
+        return find_ignore_rules("Containerfile", read).source
 
     assert pick(set(files)) == "Containerfile.dockerignore"  # 1.28.2: the second stat wins
     assert pick({"Containerfile.containerignore", ".containerignore"}) == \
@@ -119,7 +122,7 @@ def test_the_ignore_file_buildah_picks() -> None:
     assert pick({".dockerignore"}) == ".dockerignore"
     assert pick(set()) is None
     read = {"build/app.cf.containerignore": b"x\n"}.get
-    assert hygiene.find_ignore_rules("build/app.cf", read).source == \
+    assert find_ignore_rules("build/app.cf", read).source == \
         "build/app.cf.containerignore"
 
 
@@ -127,7 +130,7 @@ def test_the_ignore_file_buildah_picks() -> None:
 
 
 def sources(text: str, **build_args: str) -> CopySources:
-    return hygiene.copy_sources(text, build_args)
+    return copy_sources(text, build_args)
 
 
 @pytest.mark.parametrize("step", ["COPY . /src", "COPY ./ /src", "ADD / /src",
@@ -200,18 +203,18 @@ def links(table: dict[str, str]) -> Any:
 
 
 def test_paths_without_links_resolve_to_themselves() -> None:
-    assert hygiene.resolve_in_tree("a/b/Containerfile", links({})).path == "a/b/Containerfile"
+    assert resolve_in_tree("a/b/Containerfile", links({})).path == "a/b/Containerfile"
 
 
 def test_links_at_any_level_are_followed_inside_the_tree() -> None:
     table = {"Containerfile": "build/Containerfile", "build": "deploy/build",
              "deploy/build/Containerfile": "../real"}
-    assert hygiene.resolve_in_tree("Containerfile", links(table)).path == "deploy/real"
+    assert resolve_in_tree("Containerfile", links(table)).path == "deploy/real"
 
 
 def test_dotdot_after_a_link_applies_where_the_link_led() -> None:
     table = {"a": "x/y/z"}
-    assert hygiene.resolve_in_tree("a/../f", links(table)).path == "x/y/f"
+    assert resolve_in_tree("a/../f", links(table)).path == "x/y/f"
 
 
 @pytest.mark.parametrize(("table", "path", "link", "escape"), [
@@ -223,13 +226,13 @@ def test_dotdot_after_a_link_applies_where_the_link_led() -> None:
 ])
 def test_links_that_leave_the_tree(table: dict[str, str], path: str, link: str,
                                    escape: str) -> None:
-    resolution = hygiene.resolve_in_tree(path, links(table))
+    resolution = resolve_in_tree(path, links(table))
     assert (resolution.path, resolution.link, resolution.escape) == (None, link, escape)
 
 
 def test_a_link_loop() -> None:
-    with pytest.raises(hygiene.LinkLoop):
-        hygiene.resolve_in_tree("a", links({"a": "b", "b": "a"}))
+    with pytest.raises(LinkLoop):
+        resolve_in_tree("a", links({"a": "b", "b": "a"}))
 
 
 # --- the local check -----------------------------------------------------------------------
@@ -395,6 +398,6 @@ def test_a_large_uncovered_directory_is_not_listed(context: Path, monkeypatch) -
             yield root, dirs, files
 
     monkeypatch.setattr(hygiene.os, "walk", recording)
-    sources = hygiene.copy_sources((context / "Containerfile").read_text(), {})
+    sources = copy_sources((context / "Containerfile").read_text(), {})
     list(hygiene.local_entries(context, sources))
     assert not any("node_modules" in root for root in listed)
