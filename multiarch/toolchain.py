@@ -402,6 +402,7 @@ _DIR_FLAGS = frozenset({"--root", "--runroot", "--cert-dir", "--src-cert-dir",
 _FILE_FLAGS = frozenset({"--file", "-f", "--authfile", "--src-authfile", "--dest-authfile",
                          "--iidfile", "--digestfile", "--signature-policy",
                          "--registries-conf"})
+_NAMED_PATH_FLAGS = frozenset({"--build-context", "--ssh"})
 _DIR_ENV = ("TMPDIR", "SSL_CERT_DIR")
 _FILE_ENV = ("REGISTRY_AUTH_FILE", "SSL_CERT_FILE", "CONTAINERS_REGISTRIES_CONF",
              "CONTAINERS_STORAGE_CONF", "CONTAINERS_CONF", "GIT_CONFIG_GLOBAL")
@@ -427,6 +428,10 @@ def guess_binds(argv: Sequence[str], env: Mapping[str, str] | None = None) -> li
             found.append(arg)
         elif previous in _FILE_FLAGS:
             found.append(posixpath.dirname(arg))
+        elif previous in _NAMED_PATH_FLAGS and "=" in arg:
+            # `--build-context NAME=DIR`, `--ssh ID=SOCKET_OR_KEY`: a directory, or a file
+            path = arg.split("=", 1)[1]
+            found.append(posixpath.dirname(path) if previous == "--ssh" else path)
         elif value and flag in _DIR_FLAGS:
             found.append(value)
         elif value and flag in _FILE_FLAGS:

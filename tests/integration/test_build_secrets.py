@@ -174,9 +174,9 @@ def test_run_steps_see_build_secrets_and_no_value_stays_anywhere(
         assert value.encode() not in stored
 
 
-def test_ssh_and_build_context_reach_buildah(playground, prefect_server, tmp_path):
-    if shutil.which("ssh-agent") is None:
-        pytest.skip("ssh-agent (openssh-client) is not installed")
+@pytest.mark.parametrize("toolchain", ["host", "debian13"])
+def test_ssh_and_build_context_reach_buildah(playground, prefect_server, tmp_path, toolchain):
+    assert shutil.which("ssh-agent"), "ssh-agent is missing: make deps installs openssh-client"
     context = tmp_path / "context"
     context.mkdir()
     (context / "Containerfile").write_text(
@@ -197,6 +197,7 @@ def test_ssh_and_build_context_reach_buildah(playground, prefect_server, tmp_pat
             "--build-arg", f"BASE={playground.base}", "--ssh", "default",
             "--build-context", f"extra={extra}", "--no-sbom", "--no-provenance",
             "--insecure-registry", "--work-dir", str(tmp_path / "work"), "--json",
+            "--toolchain", toolchain,
             api_url=prefect_server, env={"SSH_AUTH_SOCK": str(socket_path)})
     finally:
         os.kill(agent_pid, signal.SIGTERM)

@@ -168,6 +168,10 @@ def test_guess_binds_of_flags_and_env() -> None:
             "relative", "/ctx")
     env = {"TMPDIR": "/w/tmp", "REGISTRY_AUTH_FILE": "/auth/other.json", "HOME": "/root"}
     assert guess_binds(argv, env) == ["/auth", "/ctx", "/out", "/secrets/tok", "/w/tmp"]
+    named = ("buildah", "build", "--build-context", "extra=/srv/extra", "--build-context",
+             "tools=docker-image://r.example.com/tools:1", "--ssh", "git=/keys/id_ed25519",
+             "--ssh", "default")
+    assert guess_binds(named) == ["/keys", "/srv/extra"]
 
 
 def test_wrap_step_keeps_name_and_env() -> None:
