@@ -48,6 +48,8 @@ builder: up
 # The demo signs with a key of its own (made once, kept under $(STATE)/signing), attaches an
 # SBOM and provenance per platform, then checks all of it as a consumer would.
 SIGNING := $(STATE)/signing
+# `make demo TOOLCHAIN=debian13`: build with Debian 13's buildah 1.39 (multiarch/toolchain.py)
+TOOLCHAIN ?= host
 
 demo: up $(SIGNING)/signing.key
 	$(BIN)/multiarch build \
@@ -56,7 +58,7 @@ demo: up $(SIGNING)/signing.key
 		--context examples/hello \
 		--build-arg BASE=$(REGISTRY)/library/busybox:latest \
 		--allow-emulation --insecure-registry \
-		--work-dir $(STATE)/work \
+		--work-dir $(STATE)/work --toolchain $(TOOLCHAIN) \
 		--sign-key-file $(SIGNING)/signing.key
 	$(BIN)/multiarch verify $(REGISTRY)/examples/hello:latest --key $(SIGNING)/signing.pub
 
