@@ -79,6 +79,19 @@ def read_image_file(reference: str, path: str, *, scratch: Path) -> bytes:
     raise AssertionError(f"{path} is not in {reference}")
 
 
+def file_in_dir_copy(directory: Path, path: str) -> bytes:
+    """A file's content in a `skopeo copy ... dir:DIRECTORY` of one image (top layer wins)."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for layer in reversed(manifest["layers"]):
+        with tarfile.open(directory / layer["digest"].split(":", 1)[1]) as tar:
+            for member in tar.getmembers():
+                if member.name.lstrip("./") == path.lstrip("/") and member.isfile():
+                    extracted = tar.extractfile(member)
+                    assert extracted is not None
+                    return extracted.read()
+    raise AssertionError(f"{path} is not in the image copied to {directory}")
+
+
 def _blob(layout: Path, digest: str) -> Path:
     return layout / "blobs" / "sha256" / digest.split(":", 1)[1]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from multiarch.cli import main as cli_main
 from multiarch.orchestrate import build_and_publish
 from multiarch.request import BuildRequest, RunnerOptions
+from tests.integration.conftest import file_in_dir_copy
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +44,7 @@ def image_file(reference: str, path: str, scratch: Path) -> bytes:
     subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
                     f"docker://{reference}", f"dir:{scratch}"], check=True, timeout=120,
                    capture_output=True)
-    manifest = json.loads((scratch / "manifest.json").read_text())
-    for layer in reversed(manifest["layers"]):
-        with tarfile.open(scratch / layer["digest"].split(":", 1)[1]) as tar:
-            for member in tar.getmembers():
-                if member.name.lstrip("./") == path.lstrip("/") and member.isfile():
-                    extracted = tar.extractfile(member)
-                    assert extracted is not None
-                    return extracted.read()
-    raise AssertionError(f"{path} is not in {reference}")
+    return file_in_dir_copy(scratch, path)
 
 
 @pytest.mark.parametrize("handoff", ["shared", "registry"])
