@@ -124,6 +124,14 @@ class Cluster:
     def delete_secret(self, name: str) -> None:
         self.core.delete_namespaced_secret(name, self.namespace)
 
+    def create_config_map(self, name: str, *, data: Mapping[str, str]) -> Obj:
+        body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name), data=dict(data))
+        return self.api_client.sanitize_for_serialization(
+            self.core.create_namespaced_config_map(self.namespace, body))
+
+    def delete_config_map(self, name: str) -> None:
+        self.core.delete_namespaced_config_map(name, self.namespace)
+
     def wait_for(self, condition: Callable[[], T], *, timeout: float = 30,
                  what: str = "condition") -> T:
         deadline = time.monotonic() + timeout

@@ -120,10 +120,10 @@ def test_cache_and_registry_handoff_give_the_secret_to_build_and_push_only() -> 
     kubernetes_validate.validate(job, "1.30.0", strict=True)
 
 
-def test_without_the_cache_no_build_pod_sees_registry_credentials() -> None:
-    job = kube_job("none", registry_secret="registry-auth")
-    assert "registry-auth" not in str(job)
-    assert "REGISTRY_AUTH_FILE" not in str(job)
+def test_without_the_cache_a_pull_only_login_keeps_push_rights_out_of_the_build_pod() -> None:
+    job = kube_job("none", registry_secret="registry-auth", pull_secret="registry-read")
+    assert "'registry-auth'" not in str(job)
+    assert "registry-read" in str(job)
 
 
 @pytest.mark.parametrize(("text", "names"), [

@@ -12,6 +12,7 @@ from multiarch.platforms import Platform
 from multiarch.publish import PublishSpec, publish_spec_step
 from multiarch.request import BuildRequest, RunnerOptions
 from multiarch.runners.kubernetes.manifests import (
+    REGISTRY_AUTH_FILE,
     build_job,
     label_value,
     node_lost_tolerations,
@@ -295,11 +296,30 @@ def test_jobs_carry_the_attempt_label_and_the_owner():
     assert "ownerReferences" not in manifest_for("linux/amd64")["metadata"]
 
 
-def test_build_jobs_never_see_registry_credentials():
+def logins(manifest: dict) -> dict[str, str | None]:
+    """Each container's registry login volume (None: it sees no registry credentials)."""
+    pod = manifest["spec"]["template"]["spec"]
+    return {c["name"]: next((m["name"] for m in c.get("volumeMounts", [])
+                             if m["name"] in ("registry-auth", "pull-auth")), None)
+            for c in [*pod.get("initContainers", []), *pod["containers"]]}
+
+
+def test_only_the_build_step_gets_a_login_to_pull_its_bases_as_a_file():
     manifest = manifest_for("linux/amd64", registry_secret="registry-auth")
-    text = json.dumps(manifest)
-    assert "registry-auth" not in text
-    assert "REGISTRY_AUTH_FILE" not in text
+    assert logins(manifest) == {"fetch": None, "build": "registry-auth", "export": None}
+    pod = manifest["spec"]["template"]["spec"]
+    build = next(c for c in pod["initContainers"] if c["name"] == "build")
+    assert {"name": "REGISTRY_AUTH_FILE", "value": REGISTRY_AUTH_FILE} in build["env"]
+    assert "registry-auth" in json.dumps(pod["volumes"])
+    # a pull-only login keeps the push credentials out of the build pod altogether
+    pulling = manifest_for("linux/amd64", registry_secret="registry-auth",
+                           pull_secret="registry-read")
+    assert logins(pulling) == {"fetch": None, "build": "pull-auth", "export": None}
+    volumes = pulling["spec"]["template"]["spec"]["volumes"]
+    assert [v["secret"]["secretName"] for v in volumes if v["name"] == "pull-auth"] == \
+        ["registry-read"]
+    assert "registry-auth" not in json.dumps(volumes)
+    assert "REGISTRY_AUTH_FILE" not in json.dumps(manifest_for("linux/amd64"))
 
 
 def publish_manifest(**kube) -> dict:

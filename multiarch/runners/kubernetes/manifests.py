@@ -201,10 +201,23 @@ def container(step: Step, *, options: KubernetesOptions, mounts: Sequence[Mappin
     return spec
 
 
+def _login_volume(step: str, options: KubernetesOptions, *,
+                  push_steps: Sequence[str]) -> str | None:
+    """The registry login a step gets: the push one for a pushing step, the pull one (or
+    the push one when none is given) for the build step, which pulls its bases."""
+    if step in push_steps:
+        return "registry-auth" if options.registry_secret else None
+    if step == BUILD_STEP:
+        if options.pull_secret:
+            return "pull-auth"
+        return "registry-auth" if options.registry_secret else None
+    return None
+
+
 def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool,
                 with_git_credentials: bool = False, shared: bool = True,
-                with_signing_key: bool = False,
-                with_build_secrets: bool = False) -> list[dict[str, Any]]:
+                with_signing_key: bool = False, with_build_secrets: bool = False,
+                with_pull_auth: bool = False) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         *([{"name": "shared", "persistentVolumeClaim": {"claimName": options.shared_claim}}]
           if shared else []),
@@ -214,6 +227,11 @@ def pod_volumes(options: KubernetesOptions, *, with_registry_auth: bool,
     if with_registry_auth and options.registry_secret:
         volumes.append({"name": "registry-auth", "secret": {
             "secretName": options.registry_secret,
+            "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
+        }})
+    if with_pull_auth and options.pull_secret:
+        volumes.append({"name": "pull-auth", "secret": {
+            "secretName": options.pull_secret,
             "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
         }})
     if with_git_credentials and options.git_credentials_secret:
@@ -268,10 +286,11 @@ def job_manifest(
     push_steps: Sequence[str] = (), shared: bool = True,
     owner: Mapping[str, str] | None = None, registry: str | None = None,
 ) -> dict[str, Any]:
-    """One Job running `steps` in order; only the steps named in `push_steps` see registry
-    credentials, only the fetch step git credentials, only the build step build secrets and
-    only the publish step the signing key (as mounted files, never a value). Every step
-    trusts the CA of `registry`.
+    """One Job running `steps` in order; the steps named in `push_steps` see the push
+    credentials and the build step the pull ones (pull_secret, else registry_secret: it
+    pulls the bases), only the fetch step git credentials, only the build step build
+    secrets and only the publish step the signing key (as mounted files, never a value).
+    Every step trusts the CA of `registry`.
     `shared`: mount the shared handoff volume (not needed by the registry handoff).
     `owner`: an `owner_reference`, set when the flow runs in a pod of the same namespace."""
     if not steps:
@@ -282,8 +301,9 @@ def job_manifest(
     for step in steps:
         step_mounts = list(mounts)
         extra_env = None
-        if step.name in push_steps and options.registry_secret:
-            step_mounts.append({"name": "registry-auth", "mountPath": REGISTRY_AUTH_MOUNT,
+        login = _login_volume(step.name, options, push_steps=push_steps)
+        if login is not None:
+            step_mounts.append({"name": login, "mountPath": REGISTRY_AUTH_MOUNT,
                                 "readOnly": True})
             extra_env = {"REGISTRY_AUTH_FILE": REGISTRY_AUTH_FILE}
         if step.name == FETCH_STEP and options.git_credentials_secret:
@@ -301,10 +321,15 @@ def job_manifest(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # build steps never talk to the API
         "containers": containers[-1:],
-        "volumes": pod_volumes(options, with_registry_auth=bool(push_steps),
+        "volumes": pod_volumes(options, with_registry_auth=any(
+                                   _login_volume(s.name, options, push_steps=push_steps)
+                                   == "registry-auth" for s in steps),
                                with_git_credentials=fetches, shared=shared,
                                with_signing_key=any(s.name == PUBLISH_STEP for s in steps),
-                               with_build_secrets=any(s.name == BUILD_STEP for s in steps)),
+                               with_build_secrets=any(s.name == BUILD_STEP for s in steps),
+                               with_pull_auth=any(
+                                   _login_volume(s.name, options, push_steps=push_steps)
+                                   == "pull-auth" for s in steps)),
     }
     if len(containers) > 1:
         pod_spec["initContainers"] = containers[:-1]

@@ -78,7 +78,15 @@ class KubernetesOptions(BaseModel):
     )
     registry_secret: str | None = Field(
         None,
-        description="Secret (kubernetes.io/dockerconfigjson) mounted only into the push step.",
+        description="Secret (kubernetes.io/dockerconfigjson) mounted as a file into the steps "
+        "that push (and, unless pull_secret is set, into the build step, which pulls the "
+        "bases); never an environment value.",
+    )
+    pull_secret: str | None = Field(
+        None,
+        description="Secret (kubernetes.io/dockerconfigjson) the build step pulls its bases "
+        "with (FROM, COPY --from); default registry_secret. A pull-only login here keeps "
+        "push rights out of the build step.",
     )
     registry_ca_configmap: str | None = Field(
         None,
@@ -148,8 +156,8 @@ class KubernetesOptions(BaseModel):
             raise ValueError(f"{value!r} is not a valid Kubernetes name (lowercase DNS label)")
         return value
 
-    @field_validator("registry_secret", "git_credentials_secret", "signing_key_secret",
-                     "registry_ca_configmap")
+    @field_validator("registry_secret", "pull_secret", "git_credentials_secret",
+                     "signing_key_secret", "registry_ca_configmap")
     @classmethod
     def _secret_name(cls, value: str | None) -> str | None:
         if value is not None and (not DNS_LABEL_RE.match(value) or len(value) > 63):
