@@ -191,10 +191,7 @@ def check_registry(request: BuildRequest) -> list[str]:
     except ConfigurationError as exc:
         if request.runner.kind != "local":  # pods may reach (and log in to) what we cannot
             return [f"image: not checked from this machine: {exc}"]
-        raise ConfigurationError(
-            f"image: {exc} (check the address, that the registry runs, and "
-            "--insecure-registry for a plain-HTTP registry)"
-        ) from exc
+        raise ConfigurationError(f"image: {exc}") from exc
     except TransientError as exc:
         return [f"image: registry push check passed over a transient failure: {exc}"]
     return [f"image: {request.image.registry} accepts a push to {request.image.repository}"]

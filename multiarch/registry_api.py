@@ -381,7 +381,10 @@ def check_push_access(image_ref: ImageReference | str, insecure: bool) -> None:
         try:
             response = client.request("POST", path, scope=_scope(image.repository, "pull,push"))
         except RegistryUnreachableError as exc:
-            raise ConfigurationError(f"registry {image.registry} is unreachable: {exc}") from exc
+            raise ConfigurationError(
+                f"registry {image.registry} is unreachable: {exc} (check the address, that "
+                "the registry runs, and --insecure-registry for a plain-HTTP registry)"
+            ) from exc
         except RegistryRefusedError as exc:
             raise ConfigurationError(f"registry {image.registry} refused a push: {exc}") from exc
         if response.status_code != 202:
